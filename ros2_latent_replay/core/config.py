@@ -1,0 +1,122 @@
+"""Learner configuration: every knob of the method, its default and its valid range."""
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import ConfigError
+
+STRATEGIES = ('ar1_free', 'ar1', 'cwr', 'naive')
+LOWER_MODES = ('frozen', 'slowed')
+REPLAY_POLICIES = ('fill_then_replace', 'paper', 'class_balanced')
+REPLAY_STORAGES = ('uint8', 'float16', 'float32')
+LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
+
+
+@dataclass
+class LearnerConfig:
+    """All settings of a :class:`~ros2_latent_replay.core.learner.ContinualLearner`.
+
+    Defaults follow the paper's PyTorch reference code (AR1*-free with latent replay,
+    1,500 patterns, 4 epochs, minibatch 128, SGD momentum 0.9, weight decay 5e-4,
+    lr 1e-3 on the first step and 5e-5 after it, Batch Renormalization settings of
+    the reference) on the embedded EfficientNet-Lite0 cut after ``blocks.5.1``.
+    """
+
+    backbone: str = 'efficientnet_lite0'
+    latent_layer: str = 'blocks.5.1'
+    weights: str = ''              # path to a weights file; '' = the backbone's default source
+    random_init: bool = False      # only when asked for explicitly
+    input_size: int = 128
+    strategy: str = 'ar1_free'
+    lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
+    lower_lr_multiplier: float = 0.0   # 'slowed' only: lr of the lower part = lr * this
+    lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
+    replay_size: int = 1500
+    replay_policy: str = 'fill_then_replace'
+    replay_storage: str = 'uint8'
+    epochs: int = 4
+    minibatch_size: int = 128
+    lr_initial: float = 1e-3
+    lr_incremental: float = 5e-5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    brn_momentum_initial: float = 0.01
+    brn_momentum_incremental: float = 5e-5
+    brn_r_max: float = 1.25
+    brn_d_max: float = 0.5
+    brn_ramp_step: float = 4.1e-5
+    si_lambda: float = 1.0
+    si_c: float = 0.0015
+    si_clip: float = 0.001
+    si_eps: float = 1e-7
+    max_classes: int = 100
+    max_frames_per_episode: int = 1000
+    max_label_length: int = 128
+    threads: int = 0               # 0 = leave torch's default
+    seed: int = 0
+
+    def validate(self) -> 'LearnerConfig':
+        """Raise :class:`ConfigError` naming the first bad field; return self when valid."""
+        choices = {
+            'strategy': STRATEGIES, 'lower_mode': LOWER_MODES,
+            'replay_policy': REPLAY_POLICIES, 'replay_storage': REPLAY_STORAGES,
+            'lower_runtime': LOWER_RUNTIMES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f'{name}={getattr(self, name)!r} is not one of {", ".join(allowed)}')
+        ranges = {
+            'input_size': (32, 1024), 'replay_size': (0, 1_000_000), 'epochs': (1, 1000),
+            'minibatch_size': (2, 65536), 'max_classes': (2, 100_000),
+            'max_frames_per_episode': (1, 1_000_000), 'max_label_length': (1, 4096),
+            'threads': (0, 1024),
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f'{name}={value!r} must be an integer in [{low}, {high}]')
+        for name in ('lower_lr_multiplier', 'lr_initial', 'lr_incremental', 'momentum',
+                     'weight_decay', 'brn_momentum_initial', 'brn_momentum_incremental',
+                     'brn_ramp_step', 'si_lambda', 'si_c', 'si_clip', 'si_eps'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1e6:
+                raise ConfigError(f'{name}={value!r} must be a non-negative number')
+        if self.brn_r_max < 1.0 or self.brn_d_max < 0.0:
+            raise ConfigError('brn_r_max must be >= 1 and brn_d_max >= 0')
+        if self.lower_mode == 'slowed' and self.lower_lr_multiplier <= 0.0:
+            # slowed with multiplier 0: only the BRN statistics drift, which is allowed
+            pass
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict of every field (JSON- and checkpoint-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Optional[Mapping[str, Any]] = None, **overrides: Any
+                  ) -> 'LearnerConfig':
+        """Build from a mapping; unknown keys raise :class:`ConfigError`."""
+        merged = dict(values or {})
+        merged.update(overrides)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(merged) - set(known))
+        if unknown:
+            raise ConfigError(f'unknown learner setting(s): {", ".join(unknown)}')
+        converted = {}
+        for name, value in merged.items():
+            default = known[name].default
+            if isinstance(default, bool):
+                converted[name] = bool(value)
+            elif isinstance(default, float) and isinstance(value, int) \
+                    and not isinstance(value, bool):
+                converted[name] = float(value)
+            else:
+                converted[name] = value
+        return cls(**converted).validate()
+
+    def architecture_key(self) -> Dict[str, Any]:
+        """Fields a checkpoint must match to be loadable into this configuration."""
+        return {'backbone': self.backbone, 'latent_layer': self.latent_layer,
+                'input_size': self.input_size, 'max_classes': self.max_classes,
+                'replay_size': self.replay_size, 'replay_storage': self.replay_storage}

@@ -1,0 +1,658 @@
+"""The continual learner shared by the ROS node, the evaluators and the benchmarks.
+
+``observe(frames, label)`` turns frames into latents right away (the frozen lower part, through
+ONNX Runtime when available) and buffers them as the current teaching episode. ``learn()``
+turns the episode into one continual-learning step of the configured strategy:
+
+- ``ar1_free`` (default): CWR* head + the upper part trained, latent replay;
+- ``ar1``: the same plus Synaptic Intelligence on the upper part's weights;
+- ``cwr``: CWR* head; the upper part trains on the first step only;
+- ``naive``: plain fine-tuning of the same upper part and head, no replay, no CWR*
+  (a baseline, not for deployment).
+
+A step trains a *copy* of the upper part and swaps it in when the step succeeded, so
+``predict()`` keeps answering from the last good model while learning runs, and a step that
+fails (NaN, bad input) leaves everything as it was. The replay memory lives in shared memory
+(:class:`~ros2_latent_replay.core.replay_buffer.SharedReplayBuffer`), readable from other
+processes by name.
+"""
+
+import copy
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import checkpoint
+from .backbones import build_backbone
+from .batch_renorm import convert_batchnorm_to_brn, set_brn_schedule
+from .class_registry import ClassRegistry, normalize_label
+from .config import LearnerConfig
+from .cwr_head import CWRHead
+from .errors import (BusyError, CheckpointError, EmptyEpisodeError, InputError,
+                     NonFiniteError, NotTrainedError)
+from .frozen_runtime import FrozenLowerRuntime
+from .malloc_tuning import tune_malloc
+from .minibatch_mixing import plan_minibatches
+from .preprocessing import Frames, as_frame_list, frames_to_tensor
+from .replay_buffer import SharedReplayBuffer
+from .replay_policy import get_policy
+from .synaptic_intelligence import SynapticIntelligence
+
+STATE_FORMAT = 'ros2_latent_replay.learner'
+STATE_VERSION = 1
+_ENCODE_CHUNK = 64
+
+
+class UpperModel(nn.Module):
+    """Everything above the latent layer: the upper CNN part, the CWR* head and SI state."""
+
+    def __init__(self, body: nn.Module, head: CWRHead,
+                 si: Optional[SynapticIntelligence] = None) -> None:
+        """Bundle the parts so one ``state_dict``/deepcopy covers them all."""
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.si = si
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """Trainable weights below the head (the ones SI protects)."""
+        return [p for p in self.body.parameters() if p.requires_grad]
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """Logits over the active classes."""
+        return self.head(self.body(latents))
+
+
+class ContinualLearner:
+    """Latent Replay learner (AR1*-free, AR1*, CWR*, naive) over a split backbone."""
+
+    def __init__(self, config: Optional[LearnerConfig] = None,
+                 shm_name: Optional[str] = None) -> None:
+        """Build the backbone, the upper model and the shared-memory replay buffer."""
+        self.config = (config or LearnerConfig()).validate()
+        cfg = self.config
+        tune_malloc()
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self._backbone = build_backbone(cfg.backbone, cut=cfg.latent_layer,
+                                        input_size=cfg.input_size, weights=cfg.weights,
+                                        random_init=cfg.random_init)
+        self.latent_shape = tuple(self._backbone.latent_shape)
+        self._brn_kwargs = dict(momentum=cfg.brn_momentum_initial, r_max=1.0, d_max=0.0,
+                                r_max_limit=cfg.brn_r_max, d_max_limit=cfg.brn_d_max,
+                                ramp_step=cfg.brn_ramp_step)
+        lower = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.lower), **self._brn_kwargs)
+        self._fresh_lower_state = copy.deepcopy(lower.state_dict())
+        self._lower = self._prepare_lower(lower)
+        self._fresh_upper = self._new_upper()
+        self._upper = copy.deepcopy(self._fresh_upper).eval()
+        self._runtime = self._make_runtime(self._lower)
+        self._registry = ClassRegistry(cfg.max_classes)
+        self._policy = get_policy(cfg.replay_policy)
+        self._memory: Optional[SharedReplayBuffer] = None
+        if cfg.replay_size > 0 and cfg.strategy != 'naive':
+            self._memory = SharedReplayBuffer(cfg.replay_size, self.latent_shape,
+                                              storage=cfg.replay_storage, name=shm_name)
+        self._steps = 0
+        self._last_learn: Dict[str, Any] = {}
+        self._learn_lock = threading.Lock()
+        self._episode_lock = threading.Lock()
+        self._clear_episode_unlocked()
+        self._episode_dropped = 0
+        self._closed = False
+
+    # ------------------------------------------------------------------ construction
+    def _prepare_lower(self, lower: nn.Module) -> nn.Module:
+        trainable = self.config.lower_mode == 'slowed' and self.config.lower_lr_multiplier > 0
+        for param in lower.parameters():
+            param.requires_grad_(trainable)
+        return lower.eval()
+
+    def _make_runtime(self, lower: nn.Module):
+        if self.config.lower_mode == 'frozen':
+            return FrozenLowerRuntime(lower, self.config.input_size,
+                                      prefer=self.config.lower_runtime,
+                                      threads=self.config.threads)
+        return None
+
+    def _new_upper(self) -> UpperModel:
+        body = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.upper), **self._brn_kwargs)
+        for param in body.parameters():
+            param.requires_grad_(True)
+        head = CWRHead(self._backbone.feature_dim, self.config.max_classes)
+        upper = UpperModel(body, head)
+        if self.config.strategy == 'ar1':
+            upper.si = SynapticIntelligence(
+                [(n, p) for n, p in body.named_parameters() if p.requires_grad],
+                c=self.config.si_c, clip=self.config.si_clip, eps=self.config.si_eps)
+        return upper
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def known_classes(self) -> List[str]:
+        """Class names taught so far, in id order."""
+        return self._registry.names
+
+    @property
+    def steps(self) -> int:
+        """Number of completed learning steps."""
+        return self._steps
+
+    @property
+    def replay_fill(self) -> int:
+        """Patterns currently in the replay memory."""
+        return self._memory.fill if self._memory is not None else 0
+
+    @property
+    def replay_capacity(self) -> int:
+        """Capacity of the replay memory (0 when replay is off)."""
+        return self._memory.capacity if self._memory is not None else 0
+
+    @property
+    def replay_shm_name(self) -> str:
+        """Shared-memory segment name of the replay memory ('' when replay is off)."""
+        return self._memory.name if self._memory is not None else ''
+
+    @property
+    def replay_memory(self) -> Optional[SharedReplayBuffer]:
+        """The replay buffer itself (None when replay is off)."""
+        return self._memory
+
+    @property
+    def lower_backend(self) -> str:
+        """'onnxruntime' or 'torch': what runs the lower part."""
+        return self._runtime.backend if self._runtime is not None else 'torch'
+
+    @property
+    def episode_size(self) -> int:
+        """Frames collected for the next learning step."""
+        with self._episode_lock:
+            return sum(len(x) for x in self._episode_latents)
+
+    @property
+    def episode_dropped(self) -> int:
+        """Frames refused because the episode was full, since the last learn/clear."""
+        return self._episode_dropped
+
+    @property
+    def episode_labels(self) -> List[str]:
+        """Distinct labels in the current episode, in arrival order."""
+        with self._episode_lock:
+            return list(dict.fromkeys(self._episode_names))
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, frames: Frames) -> torch.Tensor:
+        """Latents of ``frames`` with the current lower part (float32, N x C x H x W)."""
+        items = as_frame_list(frames)
+        chunks = []
+        for start in range(0, len(items), _ENCODE_CHUNK):
+            part = items[start:start + _ENCODE_CHUNK]
+            x = frames_to_tensor(part, self.config.input_size, self._backbone.mean,
+                                 self._backbone.std)
+            if self._runtime is not None:
+                chunks.append(self._runtime(x))
+            else:
+                with torch.no_grad():
+                    chunks.append(self._lower(x))
+        latents = torch.cat(chunks)
+        if not torch.isfinite(latents).all():
+            raise InputError('the lower part produced NaN/inf latents for these frames')
+        return latents
+
+    def _resized(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """Frames as uint8 N x 3 x S x S (kept only when the lower part trains)."""
+        x = frames_to_tensor(frames, self.config.input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        return (x * 255.0).round_().to(torch.uint8)
+
+    # ------------------------------------------------------------------ episode
+    def _clear_episode_unlocked(self) -> None:
+        self._episode_latents: List[torch.Tensor] = []
+        self._episode_frames: List[torch.Tensor] = []
+        self._episode_names: List[str] = []
+
+    def clear_episode(self) -> None:
+        """Forget the frames collected since the last learning step."""
+        with self._episode_lock:
+            self._clear_episode_unlocked()
+            self._episode_dropped = 0
+
+    def observe(self, frames: Frames, label: str) -> int:
+        """Add ``frames`` of class ``label`` to the current episode; return how many were kept.
+
+        Frames beyond ``max_frames_per_episode`` are dropped and counted
+        (:attr:`episode_dropped`). Raises :class:`InputError` for bad frames or labels and
+        :class:`ClassLimitError` when ``label`` would be one class too many.
+        """
+        name = normalize_label(label, self.config.max_label_length)
+        items = as_frame_list(frames)
+        with self._episode_lock:
+            self._registry.check_room(list(self._episode_names) + [name])
+            room = self.config.max_frames_per_episode - sum(
+                len(x) for x in self._episode_latents)
+        keep = items[:max(0, room)]
+        if len(keep) < len(items):
+            with self._episode_lock:
+                self._episode_dropped += len(items) - len(keep)
+        if not keep:
+            return 0
+        latents = self.encode(keep)
+        resized = self._resized(keep) if self._runtime is None else None
+        with self._episode_lock:
+            room = self.config.max_frames_per_episode - sum(
+                len(x) for x in self._episode_latents)
+            if room < len(keep):
+                self._episode_dropped += len(keep) - max(0, room)
+                latents = latents[:max(0, room)]
+                resized = resized[:max(0, room)] if resized is not None else None
+            if len(latents):
+                self._episode_latents.append(latents)
+                if resized is not None:
+                    self._episode_frames.append(resized)
+                self._episode_names.extend([name] * len(latents))
+            return len(latents)
+
+    def observe_latents(self, latents: torch.Tensor, label: str) -> int:
+        """Like :meth:`observe` for latents already computed by :meth:`encode`.
+
+        The evaluators use it to encode a data set once and replay it through several
+        strategies. Only for a frozen lower part (a trainable one needs the frames).
+        """
+        if self._runtime is None:
+            raise InputError('observe_latents needs a frozen lower part; use observe()')
+        name = normalize_label(label, self.config.max_label_length)
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 4 \
+                or tuple(latents.shape[1:]) != self.latent_shape:
+            raise InputError(f'latents must be an N x {self.latent_shape} tensor')
+        if len(latents) == 0:
+            raise InputError('no latents given')
+        if not torch.isfinite(latents).all():
+            raise InputError('latents hold NaN/inf')
+        with self._episode_lock:
+            self._registry.check_room(list(self._episode_names) + [name])
+            room = self.config.max_frames_per_episode - sum(
+                len(x) for x in self._episode_latents)
+            keep = latents[:max(0, room)].float().clone()
+            self._episode_dropped += len(latents) - len(keep)
+            if len(keep):
+                self._episode_latents.append(keep)
+                self._episode_names.extend([name] * len(keep))
+            return len(keep)
+
+    def _take_episode(self):
+        with self._episode_lock:
+            latents, frames, names = (self._episode_latents, self._episode_frames,
+                                      self._episode_names)
+            self._clear_episode_unlocked()
+            self._episode_dropped = 0
+        if not names:
+            raise EmptyEpisodeError('no frames were collected since the last learning step: '
+                                    'set a label and send images first')
+        frames_t = torch.cat(frames) if frames else None
+        return torch.cat(latents), frames_t, names
+
+    # ------------------------------------------------------------------ learning
+    def learn(self) -> Dict[str, Any]:
+        """Turn the collected episode into one continual-learning step; return its statistics.
+
+        Raises :class:`EmptyEpisodeError` with nothing collected, :class:`BusyError` when a
+        step is already running (at once), :class:`NonFiniteError` when training diverged
+        (the model is left unchanged and the episode is discarded).
+        """
+        if not self._learn_lock.acquire(blocking=False):
+            raise BusyError('a learning step is already running; try again when it ends')
+        try:
+            self._check_open()
+            latents, frames, names = self._take_episode()
+            return self._learn_step(latents, frames, names)
+        finally:
+            self._learn_lock.release()
+
+    def _learn_step(self, new_latents: torch.Tensor, new_frames: Optional[torch.Tensor],
+                    names: List[str]) -> Dict[str, Any]:
+        cfg = self.config
+        started = time.perf_counter()
+        step = self._steps
+        first = step == 0
+        registry = self._registry.copy()
+        new_classes = [n for n in dict.fromkeys(names) if n not in registry]
+        new_ids = torch.tensor([registry.add(n) for n in names], dtype=torch.long)
+
+        use_replay = self._memory is not None and not first
+        if use_replay and self._memory.fill > 0:
+            mem_latents, mem_labels_np = self._memory.read_all()
+            mem_labels = torch.from_numpy(mem_labels_np.astype(np.int64))
+        else:
+            mem_latents = new_latents.new_zeros((0,) + self.latent_shape)
+            mem_labels = torch.zeros(0, dtype=torch.long)
+
+        work = copy.deepcopy(self._upper)
+        work.head.grow(len(registry))
+        lower = copy.deepcopy(self._lower) if self._runtime is None else None
+        lr = cfg.lr_initial if first else cfg.lr_incremental
+        if not first:
+            for module in (work, lower):
+                if module is not None:
+                    set_brn_schedule(module, cfg.brn_momentum_incremental, r_max=cfg.brn_r_max,
+                                     d_max=cfg.brn_d_max, ramp_step=0.0)
+        train_body = cfg.strategy != 'cwr' or first
+        for param in work.body.parameters():
+            param.requires_grad_(train_body)
+
+        all_labels = torch.cat([new_ids, mem_labels])
+        present, counts = torch.unique(all_labels, return_counts=True)
+        cwr = cfg.strategy != 'naive'
+        if cwr:
+            work.head.prepare_step(present.tolist())
+
+        groups = [{'params': [work.head.weight], 'lr': lr}]
+        if train_body:
+            groups.append({'params': work.shared_parameters(), 'lr': lr})
+        lower_params = []
+        if lower is not None and cfg.lower_lr_multiplier > 0:
+            lower_params = [p for p in lower.parameters() if p.requires_grad]
+            groups.append({'params': lower_params, 'lr': lr * cfg.lower_lr_multiplier})
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        si = work.si if (cfg.strategy == 'ar1' and work.si is not None) else None
+        si_params = work.shared_parameters() if si is not None else []
+        if si is not None:
+            si.begin_step(si_params)
+
+        plan = plan_minibatches(len(new_ids), len(mem_labels), cfg.minibatch_size)
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+        work.train()
+        if cfg.strategy == 'cwr' and not first:
+            work.body.eval()
+        if lower is not None:
+            lower.train()
+        epoch0_latents = new_latents.clone()
+        total_loss, total_correct, total_seen = 0.0, 0, 0
+        for epoch in range(cfg.epochs):
+            new_order = torch.randperm(len(new_ids), generator=gen)
+            replay_order = self._replay_order(len(mem_labels), sum(plan.replay), gen)
+            new_pos = rep_pos = 0
+            for n_new, n_rep in zip(plan.new, plan.replay):
+                idx_new = new_order[new_pos:new_pos + n_new]
+                idx_rep = replay_order[rep_pos:rep_pos + n_rep]
+                new_pos += n_new
+                rep_pos += n_rep
+                if lower is not None:
+                    x_new = self._lower_train_forward(lower, new_frames[idx_new])
+                    if epoch == 0:
+                        epoch0_latents[idx_new] = x_new.detach()
+                else:
+                    x_new = new_latents[idx_new]
+                x = torch.cat([x_new, mem_latents[idx_rep]])
+                y = torch.cat([new_ids[idx_new], mem_labels[idx_rep]])
+                logits = work(x)
+                loss = F.cross_entropy(logits, y)
+                if si is not None and not first and cfg.si_lambda > 0:
+                    loss = loss + si.penalty(si_params, cfg.si_lambda)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(
+                        f'the loss became {loss.item()} at epoch {epoch}; the model was left '
+                        f'unchanged and the episode ({len(names)} frames) was discarded')
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if si is not None:
+                    si.before_update(si_params)
+                optimizer.step()
+                if si is not None:
+                    si.after_update(si_params)
+                total_loss += loss.item() * len(y)
+                total_correct += int((logits.argmax(1) == y).sum())
+                total_seen += len(y)
+
+        if cwr:
+            work.head.consolidate(present.tolist(), counts.tolist())
+            work.head.use_consolidated()
+        if si is not None:
+            si.end_step(si_params)
+        work.eval()
+        modules = [work] + ([lower] if lower is not None else [])
+        for module in modules:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise NonFiniteError('training produced NaN/inf weights; the model was '
+                                         'left unchanged and the episode was discarded')
+
+        stored = 0
+        if self._memory is not None:
+            rng = np.random.default_rng([int(cfg.seed), step])
+            memory_labels = self._memory.labels()
+            chosen, slots = self._policy.select(
+                capacity=self._memory.capacity, fill=self._memory.fill, batch_index=step,
+                new_labels=new_ids.numpy().astype(np.int64), memory_labels=memory_labels,
+                rng=rng)
+            chosen_t = torch.as_tensor(np.asarray(chosen), dtype=torch.long)
+        # commit: swap the trained model in, then update the memory
+        with self._episode_lock:
+            self._upper = work
+            self._registry = registry
+            if lower is not None:
+                self._lower = lower.eval()
+            self._steps = step + 1
+        if self._memory is not None and len(chosen_t):
+            self._memory.write(np.asarray(slots), epoch0_latents[chosen_t],
+                               new_ids[chosen_t].numpy().astype(np.int32))
+            stored = len(chosen_t)
+        seconds = time.perf_counter() - started
+        self._last_learn = {
+            'step': step, 'classes': list(dict.fromkeys(names)), 'new_classes': new_classes,
+            'frames': len(names), 'seconds': round(seconds, 4), 'epochs': cfg.epochs,
+            'iterations': plan.iterations, 'new_per_minibatch': plan.new_per_minibatch,
+            'replay_per_minibatch': plan.replay_per_minibatch if use_replay else 0,
+            'replay_stored': stored, 'replay_fill': self.replay_fill,
+            'replay_capacity': self.replay_capacity,
+            'loss': round(total_loss / max(total_seen, 1), 6),
+            'train_accuracy': round(total_correct / max(total_seen, 1), 6),
+            'known_classes': len(registry),
+        }
+        return dict(self._last_learn)
+
+    @staticmethod
+    def _replay_order(size: int, needed: int, gen: torch.Generator) -> torch.Tensor:
+        if size == 0 or needed == 0:
+            return torch.zeros(0, dtype=torch.long)
+        reps = -(-needed // size)
+        return torch.cat([torch.randperm(size, generator=gen) for _ in range(reps)])[:needed]
+
+    def _lower_train_forward(self, lower: nn.Module, frames_u8: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self._backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self._backbone.std).view(1, 3, 1, 1)
+        x = (frames_u8.float() / 255.0 - mean) / std
+        if self.config.lower_lr_multiplier > 0:
+            return lower(x)
+        with torch.no_grad():  # slowed with multiplier 0: only BRN statistics drift
+            return lower(x)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, frames: Frames, top_k: int = 3) -> List[Dict[str, Any]]:
+        """Classify ``frames``: per frame the label, its probability and the top-k list."""
+        self._check_open()
+        if self._steps == 0 or len(self._registry) == 0:
+            raise NotTrainedError('nothing has been learned yet: teach at least one class '
+                                  '(observe frames with a label, then learn)')
+        latents = self.encode(frames)
+        return self.predict_latents(latents, top_k=top_k)
+
+    def predict_latents(self, latents: torch.Tensor, top_k: int = 3) -> List[Dict[str, Any]]:
+        """Classify precomputed latents (as :meth:`encode` returns them)."""
+        upper, registry = self._upper, self._registry
+        probs = self.probabilities(latents, upper=upper)
+        k = max(1, min(int(top_k), probs.shape[1]))
+        values, indices = probs.topk(k, dim=1)
+        results = []
+        for row_v, row_i in zip(values.tolist(), indices.tolist()):
+            top = [[registry.name_of(i), round(v, 6)] for v, i in zip(row_v, row_i)]
+            results.append({'label': top[0][0], 'confidence': top[0][1], 'top_k': top})
+        return results
+
+    def probabilities(self, latents: torch.Tensor, upper: Optional[UpperModel] = None
+                      ) -> torch.Tensor:
+        """Softmax over the known classes for precomputed latents."""
+        upper = upper if upper is not None else self._upper
+        if latents.dim() != 4 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise InputError(f'latents must be N x {self.latent_shape}, '
+                             f'got {tuple(latents.shape)}')
+        with torch.no_grad():
+            logits = upper(latents.float())
+        if logits.shape[1] == 0:
+            raise NotTrainedError('nothing has been learned yet')
+        return torch.softmax(logits, dim=1)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume: weights, BRN/CWR*/SI state, classes, replay, config."""
+        with self._episode_lock:
+            upper, registry, lower, steps = self._upper, self._registry, self._lower, self._steps
+        return {
+            'format': STATE_FORMAT, 'version': STATE_VERSION,
+            'config': self.config.to_dict(),
+            'backbone': {'name': self._backbone.name, 'cut': self._backbone.cut,
+                         'weights_id': self._backbone.weights_id,
+                         'latent_shape': list(self.latent_shape)},
+            'steps': steps,
+            'classes': registry.state_dict(),
+            'upper': upper.state_dict(),
+            'lower': lower.state_dict() if self._runtime is None else {},
+            'replay': self._memory.state_dict() if self._memory is not None else {},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any], source: str = 'state') -> None:
+        """Restore :meth:`state_dict` output; refuse (:class:`CheckpointError`) a foreign one.
+
+        Nothing changes unless every part was validated.
+        """
+        if not self._learn_lock.acquire(blocking=False):
+            raise BusyError('cannot load a state while a learning step runs')
+        try:
+            self._load_state_unlocked(state, source)
+        finally:
+            self._learn_lock.release()
+
+    def _load_state_unlocked(self, state: Dict[str, Any], source: str) -> None:
+        if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+            raise CheckpointError(f'{source} is not a ros2_latent_replay learner state')
+        if state.get('version') != STATE_VERSION:
+            raise CheckpointError(f'{source} has state version {state.get("version")}; '
+                                  f'this build reads {STATE_VERSION}')
+        backbone = state.get('backbone', {})
+        mine = {'name': self._backbone.name, 'cut': self._backbone.cut,
+                'weights_id': self._backbone.weights_id, 'latent_shape': list(self.latent_shape)}
+        for key, value in mine.items():
+            if backbone.get(key) != value:
+                raise CheckpointError(
+                    f'{source} was made with {key}={backbone.get(key)!r}, this learner uses '
+                    f'{value!r}; refusing to load it')
+        theirs = LearnerConfig.from_dict(state.get('config', {})).architecture_key() \
+            if isinstance(state.get('config'), dict) else None
+        if theirs != self.config.architecture_key():
+            raise CheckpointError(f'{source} was made with settings {theirs}, this learner '
+                                  f'has {self.config.architecture_key()}; refusing to load it')
+        try:
+            registry = ClassRegistry.from_state_dict(state['classes'])
+            upper = copy.deepcopy(self._fresh_upper)
+            upper.load_state_dict(state['upper'], strict=True)
+            lower = None
+            if self._runtime is None:
+                lower = copy.deepcopy(self._lower)
+                lower.load_state_dict(state['lower'], strict=True)
+            steps = int(state['steps'])
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: B902 - any mismatch is a refusal
+            raise CheckpointError(f'{source} does not fit this model: '
+                                  f'{type(exc).__name__}: {str(exc)[:300]}') from None
+        if upper.head.active != len(registry) or steps < 0:
+            raise CheckpointError(f'{source} is inconsistent: {len(registry)} class names '
+                                  f'but {upper.head.active} active head rows')
+        if self._memory is not None:
+            try:
+                self._memory.load_state_dict(state['replay'])
+            except CheckpointError:
+                raise
+            except Exception as exc:  # noqa: B902
+                raise CheckpointError(f'{source} has an unusable replay memory: {exc}') \
+                    from None
+        with self._episode_lock:
+            self._upper = upper.eval()
+            self._registry = registry
+            if lower is not None:
+                self._lower = lower.eval()
+            self._steps = steps
+            self._clear_episode_unlocked()
+
+    def save(self, path: str) -> None:
+        """Write the whole state to ``path`` atomically."""
+        checkpoint.save_atomic(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        """Load a state file written by :meth:`save` (see :meth:`load_state_dict`)."""
+        self.load_state_dict(checkpoint.load_verified(path), source=f'state file {path}')
+
+    def reset(self) -> None:
+        """Forget everything learned: pretrained backbone, no classes, empty memory."""
+        if not self._learn_lock.acquire(blocking=False):
+            raise BusyError('cannot reset while a learning step runs')
+        try:
+            with self._episode_lock:
+                self._upper = copy.deepcopy(self._fresh_upper).eval()
+                if self._runtime is None:
+                    self._lower.load_state_dict(self._fresh_lower_state)
+                self._registry = ClassRegistry(self.config.max_classes)
+                self._steps = 0
+                self._last_learn = {}
+                self._clear_episode_unlocked()
+                self._episode_dropped = 0
+            if self._memory is not None:
+                self._memory.clear()
+        finally:
+            self._learn_lock.release()
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters for diagnostics."""
+        return {
+            'known_classes': len(self._registry), 'steps': self._steps,
+            'replay_fill': self.replay_fill, 'replay_capacity': self.replay_capacity,
+            'replay_storage': self.config.replay_storage,
+            'replay_bytes': self._memory.nbytes if self._memory is not None else 0,
+            'episode_frames': self.episode_size, 'episode_dropped': self._episode_dropped,
+            'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
+            'last_learn_seconds': self._last_learn.get('seconds', 0.0),
+            'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,
+            'strategy': self.config.strategy,
+        }
+
+    # ------------------------------------------------------------------ lifetime
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError('this learner was closed')
+
+    def close(self) -> None:
+        """Release the shared-memory replay segment."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._memory is not None:
+            self._memory.close()
+
+    def __enter__(self) -> 'ContinualLearner':
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Close on exit."""
+        self.close()
+
+    def __del__(self) -> None:
+        """Best effort: release shared memory if the owner forgot to close."""
+        try:
+            self.close()
+        except Exception:  # noqa: B902
+            pass

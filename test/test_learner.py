@@ -1,0 +1,206 @@
+"""The continual learner end to end on real photographs (no ROS)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from real_images import skimage_views
+from ros2_latent_replay.core.config import LearnerConfig
+from ros2_latent_replay.core.errors import (BusyError, CheckpointError, ClassLimitError,
+                                            EmptyEpisodeError, InputError, NonFiniteError,
+                                            NotTrainedError)
+from ros2_latent_replay.core.learner import ContinualLearner
+
+OBJECTS = ('chelsea', 'coffee', 'rocket')
+
+
+def _config(**overrides):
+    base = dict(replay_size=200, epochs=2, threads=1, lower_runtime='torch')
+    base.update(overrides)
+    return LearnerConfig.from_dict(base)
+
+
+@pytest.fixture(scope='module')
+def views():
+    """Training and held-out views of three real photos."""
+    return {name: (skimage_views(name, 24, seed=1), skimage_views(name, 8, seed=2))
+            for name in OBJECTS}
+
+
+def _teach(learner, views, names=OBJECTS):
+    stats = []
+    for name in names:
+        learner.observe(views[name][0], name)
+        stats.append(learner.learn())
+    return stats
+
+
+def _accuracy(learner, views, names=OBJECTS):
+    hits = total = 0
+    for name in names:
+        preds = learner.predict(views[name][1])
+        hits += sum(p['label'] == name for p in preds)
+        total += len(preds)
+    return hits / total
+
+
+@pytest.fixture()
+def learner():
+    with ContinualLearner(_config()) as lrn:
+        yield lrn
+
+
+def test_teach_three_objects_one_at_a_time_and_recognise_held_out_views(learner, views):
+    with pytest.raises(NotTrainedError):
+        learner.predict(views['chelsea'][1])
+    stats = _teach(learner, views)
+    assert [s['new_classes'] for s in stats] == [['chelsea'], ['coffee'], ['rocket']]
+    assert learner.known_classes == list(OBJECTS)
+    assert stats[-1]['replay_fill'] == learner.replay_fill > 0
+    assert stats[1]['replay_per_minibatch'] > 0  # replay mixed in after the first step
+    assert _accuracy(learner, views) >= 0.8
+    pred = learner.predict(views['coffee'][1][:1], top_k=5)[0]
+    assert len(pred['top_k']) == 3  # only known classes
+    assert sum(p for _, p in pred['top_k']) == pytest.approx(1.0, abs=1e-4)
+    assert pred['top_k'][0] == [pred['label'], pred['confidence']]
+
+
+def test_bad_input_is_refused_and_changes_nothing(learner, views):
+    with pytest.raises(EmptyEpisodeError):
+        learner.learn()
+    for bad in (np.zeros((2, 64, 64, 3), dtype=np.float32), np.zeros((2, 64, 64, 4), np.uint8),
+                np.zeros((64, 64, 3), np.uint8), [], np.zeros((1, 4, 4, 3), np.uint8), 'img'):
+        with pytest.raises(InputError):
+            learner.observe(bad, 'thing')
+    with pytest.raises(InputError):
+        learner.observe(views['coffee'][0][:2], '   ')
+    assert learner.episode_size == 0
+    # mono and odd-sized frames are accepted (replicated / centre-cropped and resized)
+    assert learner.observe([np.full((90, 300), 7, np.uint8)], 'mono') == 1
+    assert learner.observe([views['coffee'][0][0][:100, :130]], 'mono') == 1
+    assert learner.episode_size == 2
+    learner.clear_episode()
+    assert learner.episode_size == 0
+
+
+def test_episode_cap_drops_and_counts():
+    with ContinualLearner(_config(max_frames_per_episode=5)) as lrn:
+        frames = skimage_views('coffee', 8)
+        assert lrn.observe(frames, 'coffee') == 5
+        assert lrn.observe(frames[:2], 'coffee') == 0
+        assert lrn.episode_size == 5 and lrn.episode_dropped == 5
+        assert lrn.learn()['frames'] == 5
+        assert lrn.episode_dropped == 0
+
+
+def test_class_limit_is_a_clear_error(views):
+    with ContinualLearner(_config(max_classes=2)) as lrn:
+        _teach(lrn, views, names=OBJECTS[:2])
+        with pytest.raises(ClassLimitError, match='max_classes is 2'):
+            lrn.observe(views['rocket'][0], 'rocket')
+        lrn.observe(views['chelsea'][0][:4], 'chelsea')  # known classes still teachable
+        assert lrn.learn()['known_classes'] == 2
+
+
+def test_diverging_step_leaves_the_model_unchanged(views):
+    with ContinualLearner(_config(lr_incremental=1e5, momentum=0.0)) as lrn:
+        _teach(lrn, views, names=OBJECTS[:2])
+        probe = views['chelsea'][1]
+        before = torch.tensor([p['top_k'][0][1] for p in lrn.predict(probe)])
+        fill = lrn.replay_fill
+        state = {k: v.clone() for k, v in lrn.state_dict()['upper'].items()}
+        lrn.observe(views['rocket'][0], 'rocket')
+        with pytest.raises(NonFiniteError):
+            lrn.learn()
+        assert lrn.known_classes == list(OBJECTS[:2])
+        assert lrn.replay_fill == fill and lrn.steps == 2
+        after = torch.tensor([p['top_k'][0][1] for p in lrn.predict(probe)])
+        assert torch.equal(before, after)
+        for key, value in lrn.state_dict()['upper'].items():
+            assert torch.equal(value, state[key]), key
+
+
+def test_second_learn_while_one_runs_is_busy_and_predict_keeps_answering(views):
+    with ContinualLearner(_config(epochs=40)) as lrn:
+        _teach(lrn, views, names=OBJECTS[:1])
+        lrn.observe(views['coffee'][0], 'coffee')
+        outcome = {}
+        worker = threading.Thread(target=lambda: outcome.setdefault('stats', lrn.learn()))
+        worker.start()
+        try:
+            deadline = threading.Event()
+            while not lrn.stats()['learning'] and worker.is_alive():
+                deadline.wait(0.01)
+            lrn.observe(views['rocket'][0][:3], 'rocket')
+            with pytest.raises(BusyError):
+                lrn.learn()
+            preds = lrn.predict(views['chelsea'][1][:2])  # served by the previous model
+            assert all(p['label'] == 'chelsea' for p in preds)
+        finally:
+            worker.join(timeout=300)
+        assert outcome['stats']['classes'] == ['coffee']
+        assert lrn.episode_size == 3  # frames observed during learning wait for the next step
+
+
+def test_save_load_round_trip_and_refusals(tmp_path, views):
+    path = str(tmp_path / 'state.pt')
+    with ContinualLearner(_config()) as first:
+        _teach(first, views)
+        first.save(path)
+        probe = [frame for v in views.values() for frame in v[1]]
+        expected = first.predict(probe)
+        mem_before = first.replay_memory.read_all()
+    with ContinualLearner(_config()) as second:
+        second.load(path)
+        assert second.known_classes == list(OBJECTS) and second.steps == 3
+        assert second.predict(probe) == expected
+        latents, labels = second.replay_memory.read_all()
+        assert torch.equal(latents, mem_before[0]) and np.array_equal(labels, mem_before[1])
+        # broken files are refused and the loaded state stays intact
+        blob = open(path, 'rb').read()
+        broken = tmp_path / 'broken.pt'
+        broken.write_bytes(blob[:len(blob) // 3])
+        with pytest.raises(CheckpointError):
+            second.load(str(broken))
+        assert second.predict(probe) == expected
+    with ContinualLearner(_config(latent_layer='blocks.6.0')) as other_cut:
+        with pytest.raises(CheckpointError, match='cut'):
+            other_cut.load(path)
+        assert other_cut.known_classes == [] and other_cut.steps == 0
+
+
+def test_reset_forgets_everything(learner, views):
+    _teach(learner, views, names=OBJECTS[:2])
+    learner.reset()
+    assert learner.known_classes == [] and learner.steps == 0 and learner.replay_fill == 0
+    with pytest.raises(NotTrainedError):
+        learner.predict(views['chelsea'][1])
+    _teach(learner, views, names=OBJECTS[2:])
+    assert learner.known_classes == ['rocket']
+
+
+@pytest.mark.parametrize('strategy', ['ar1', 'cwr', 'naive'])
+def test_other_strategies_learn(strategy, views):
+    with ContinualLearner(_config(strategy=strategy, si_lambda=1e4)) as lrn:
+        stats = _teach(lrn, views)
+        assert lrn.known_classes == list(OBJECTS)
+        if strategy == 'naive':
+            assert lrn.replay_capacity == 0 and stats[-1]['replay_per_minibatch'] == 0
+            assert lrn.predict(views['rocket'][1][:1])[0]['label'] == 'rocket'
+        else:
+            assert _accuracy(lrn, views) >= 0.6
+        if strategy == 'ar1':
+            si = lrn.state_dict()['upper']
+            penalties = [v for k, v in si.items() if k.startswith('si.penalty__')]
+            assert penalties and any(float(p.max()) > 0 for p in penalties)
+
+
+def test_onnx_runtime_learner_matches_torch_learner(views):
+    frames = views['coffee'][0][:6]
+    with ContinualLearner(_config(lower_runtime='auto')) as fast, \
+            ContinualLearner(_config(lower_runtime='torch')) as eager:
+        a, b = fast.encode(frames), eager.encode(frames)
+        scale = float(b.abs().max())
+        assert float((a - b).abs().max()) <= 1e-3 * scale
