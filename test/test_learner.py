@@ -204,3 +204,25 @@ def test_onnx_runtime_learner_matches_torch_learner(views):
         a, b = fast.encode(frames), eager.encode(frames)
         scale = float(b.abs().max())
         assert float((a - b).abs().max()) <= 1e-3 * scale
+
+
+def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):
+    cfg = _config(lower_mode='slowed', lower_lr_multiplier=0.1)
+    with ContinualLearner(cfg) as lrn:
+        assert lrn.lower_backend == 'torch'
+        before = {k: v.clone() for k, v in lrn.state_dict()['lower'].items()}
+        stats = _teach(lrn, views)
+        assert stats[-1]['replay_fill'] > 0
+        after = lrn.state_dict()['lower']
+        moved = [k for k, v in after.items() if v.is_floating_point()
+                 and not torch.equal(v, before[k])]
+        assert any(k.endswith('weight') for k in moved)  # lower weights train
+        assert any(k.endswith('running_mean') for k in moved)  # BRN statistics drift
+        assert _accuracy(lrn, views) >= 0.6
+        path = str(tmp_path / 'slowed.pt')
+        lrn.save(path)
+        probe = views['rocket'][1]
+        expected = lrn.predict(probe)
+    with ContinualLearner(cfg) as other:
+        other.load(path)
+        assert other.predict(probe) == expected
