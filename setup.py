@@ -45,6 +45,9 @@ setup(
             'latent_replay_node = ros2_latent_replay.node:main',
             'latent-replay-node = ros2_latent_replay.node:main',
             'latent-replay-demo = ros2_latent_replay.demo:main',
+            'latent-replay-eval = ros2_latent_replay.evaluation.eval_cli:main',
+            'latent-replay-write-bag = ros2_latent_replay.evaluation.bag_writer:main',
+            'latent-replay-play-bag = ros2_latent_replay.evaluation.live:main',
         ],
     },
 )

@@ -57,7 +57,7 @@ def generate_launch_description():
             parameters=[LaunchConfiguration('params_file')],
             remappings=[('image', LaunchConfiguration('image_topic')),
                         ('label', LaunchConfiguration('label_topic'))],
-            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+            ros_arguments=['--log-level', LaunchConfiguration('log_level')],
             sigterm_timeout='15',
         ),
     ])

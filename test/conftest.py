@@ -86,6 +86,26 @@ def stop_process(process, timeout=20.0):
     return process.wait(10)
 
 
+def _clean_fastdds_leftovers():
+    """Remove Fast DDS shared memory that processes killed by the tests left behind.
+
+    ``fastdds shm clean`` removes unlocked segments; port files of this run's own domain id
+    (ports 7400 + 250 * id .. + 249, nobody else uses the id) are removed here as well.
+    """
+    fastdds = Path(sys.prefix) / 'tools' / 'fastdds' / 'fastdds.py'   # from ros-fastdds
+    if fastdds.is_file():
+        subprocess.run([sys.executable, str(fastdds), 'shm', 'clean'], capture_output=True,
+                       timeout=60, check=False)
+    first = 7400 + 250 * int(os.environ['ROS_DOMAIN_ID'])
+    if SHM_DIR.is_dir():
+        for path in SHM_DIR.iterdir():
+            digits = path.name.removeprefix('sem.').removeprefix('fastdds_port')
+            digits = digits.removesuffix('_mutex').removesuffix('_el')
+            if path.name.startswith(('fastdds_port', 'sem.fastdds_port')) and digits.isdigit() \
+                    and first <= int(digits) < first + 250:
+                path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def leftover_check():
     """Fail the session if the tests leave a process or a replay segment behind."""
@@ -101,10 +121,7 @@ def leftover_check():
     if children:
         problems.append('processes still running: ' +
                         '; '.join(f'{pid} {cmd[:120]}' for pid, cmd in children))
-    fastdds = Path(sys.prefix) / 'tools' / 'fastdds' / 'fastdds.py'   # from ros-fastdds
-    if fastdds.is_file():   # remove Fast DDS shared memory that killed processes left
-        subprocess.run([sys.executable, str(fastdds), 'shm', 'clean'], capture_output=True,
-                       timeout=60, check=False)
+    _clean_fastdds_leftovers()
     shutil.rmtree(_TMP, ignore_errors=True)
     assert not problems, '; '.join(problems)
 

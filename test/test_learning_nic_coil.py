@@ -36,12 +36,14 @@ def encoded():
     if not (NIC_COIL / 'run0').is_dir() or not COIL_IMAGES.is_dir():
         pytest.skip(f'NIC_coil scenario not found at {NIC_COIL} (../shared/data absent)')
     scenario = read_scenario(NIC_COIL / 'run0', COIL_IMAGES, max_batches=BATCHES)
-    with ContinualLearner(LearnerConfig(replay_size=0, strategy='naive', latent_layer=CUT)) as encoder:
+    config = LearnerConfig(replay_size=0, strategy='naive', latent_layer=CUT, threads=1)
+    with ContinualLearner(config) as encoder:
         rels = sorted({rel for b in scenario.batches for rel, _ in b}
                       | {rel for rel, _ in scenario.test})
         index = {rel: i for i, rel in enumerate(rels)}
-        latents = torch.cat([encoder.encode(scenario.load_images([(r, 0) for r in rels[s:s + 256]]))
-                             for s in range(0, len(rels), 256)])
+        chunks = [rels[s:s + 256] for s in range(0, len(rels), 256)]
+        latents = torch.cat([encoder.encode(scenario.load_images([(r, 0) for r in chunk]))
+                             for chunk in chunks])
     test_latents = latents[[index[rel] for rel, _ in scenario.test]]
     return scenario, (lambda rows: latents[[index[r] for r in rows]]), test_latents
 
@@ -50,11 +52,12 @@ def test_latent_replay_forgets_clearly_less_than_naive_fine_tuning(encoded):
     scenario, latents_of, test_latents = encoded
     results = {}
     for strategy in ('ar1_free', 'naive'):
-        with ContinualLearner(LearnerConfig(strategy=strategy, seed=0, latent_layer=CUT)) as learner:
+        config = LearnerConfig(strategy=strategy, seed=0, latent_layer=CUT, threads=1)
+        with ContinualLearner(config) as learner:
             _stream(learner, scenario, latents_of)
             results[strategy] = _accuracy(learner, scenario, test_latents)
             if strategy == 'ar1_free':
-                # fill-then-replace: batch 0 (180 frames) + 18 per later batch, nothing evicted yet
+                # fill-then-replace: batch 0 (180 frames) + 18 per later batch, none evicted yet
                 assert learner.replay_fill == scenario.num_training_frames
     print(f'NIC_coil run0, {BATCHES} batches, accuracy on the classes seen: {results}')
     assert results['ar1_free'] >= 0.85

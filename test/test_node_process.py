@@ -177,7 +177,7 @@ def test_state_file_loads_after_sigkill_while_learning(work_dir):
     objects = views(2, 12, 0)
     (first, (first_frames, _)), (second, (second_frames, _)) = objects.items()
     state = work_dir / 'state.pt'
-    remote = RemoteNode(state, **dict(FAST, epochs=150))
+    remote = RemoteNode(state, **dict(FAST, epochs=80))
     try:
         remote.wait_ready()
         remote.teach(first, first_frames[:2])
@@ -190,6 +190,6 @@ def test_state_file_loads_after_sigkill_while_learning(work_dir):
         remote.process.wait(30)
     finally:
         remote.close()
-    with ContinualLearner(_learner_config(epochs=150)) as learner:   # also clears stale memory
+    with ContinualLearner(_learner_config(epochs=80)) as learner:   # also clears stale memory
         learner.load(str(state))
         assert learner.known_classes == [first]

@@ -1,4 +1,4 @@
-"""Crash-safe, verified checkpoint files.
+r"""Crash-safe, verified checkpoint files.
 
 Layout: a text header line ``ROS2LR-CKPT <format version> <sha256 of the payload>\\n``
 followed by the payload, a ``torch.save`` archive of tensors, numbers, strings, lists and

@@ -1,0 +1,1 @@
+"""Peer implementations the benchmarks compare against (Avalanche wrappers, baselines)."""
