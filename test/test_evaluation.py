@@ -126,6 +126,10 @@ def test_configurations_share_the_encoded_latents(scenario):
     assert [r['name'] for r in runs] == ['default', 'naive'] and seen == runs
     assert runs[1]['replay_fill'] == 0 and runs[1]['config']['strategy'] == 'naive'
     assert all(b['encode_seconds'] < 0.05 for b in runs[1]['batches'])
+    alone = CountingSource(scenario, test_stride=8, name='alone')
+    cache = LatentCache(keep_batches=False)
+    evaluate(alone, configs[0][1], cache=cache, progress=False)
+    assert len(cache) == 1            # one configuration: only the test latents are kept
     assert LatentCache.key(configs[0][1]) == LatentCache.key(configs[1][1])
     assert LatentCache.key(configs[0][1]) != LatentCache.key(configs[2][1])
 

@@ -262,7 +262,7 @@ def test_episode_limit_and_diagnostics(work_dir):
 
 
 def test_default_configuration_learns_real_objects(work_dir):
-    """On the defaults (EfficientNet-Lite0 cut at blocks.5.1, paper settings) it works."""
+    """On the defaults (EfficientNet-Lite0 cut at blocks.5.3, paper settings) it works."""
     objects = views(3, 8, 3)
     with Harness(work_dir / 'state.pt') as h:
         config = h.node.learner.config

@@ -44,7 +44,7 @@ def test_core50_reports_the_missing_images_clearly():
     with pytest.raises(ScenarioError) as caught:
         read_scenario(CORE50_RUN0, CORE50_IMAGES)
     message = str(caught.value)
-    assert f'{missing} missing image(s)' in message
+    assert f'{missing} missing images' in message
     assert 's1/o1/C_01_01_000.png (train_batch_00_filelist.txt)' in message   # the first one
     assert '--allow-missing' in message
     assert len(message) < 2000   # the first few, not 160,000 names
@@ -55,7 +55,7 @@ def test_core50_reads_the_present_frames_when_allowed():
     scenario = read_scenario(CORE50_RUN0, CORE50_IMAGES, allow_missing=True)
     assert len(scenario.batches) == 391                      # 00..390, numerically sorted
     assert any('missing image' in p for p in scenario.problems)
-    assert any('training batch left without images' in p for p in scenario.problems)
+    assert any('training batches without any usable image' in p for p in scenario.problems)
     kept = [e for b in scenario.batches for e in b] + scenario.test
     assert 0 < len(kept) <= 94
     frames, names = scenario.load_entries(kept)
@@ -141,12 +141,12 @@ def test_malformed_lines_are_reported_with_file_and_line(small_scenario):
     with pytest.raises(ScenarioError) as caught:
         read_scenario(folder, images)
     message = str(caught.value)
-    assert '4 malformed line(s)' in message
+    assert '4 malformed lines' in message
     assert 'train_batch_01_filelist.txt:3' in message
     assert 'train_batch_01_filelist.txt:6' in message
     scenario = read_scenario(folder, images, allow_missing=True)
     assert [len(b) for b in scenario.batches] == [2, 2, 1]
-    assert scenario.problems[0].startswith('4 malformed line(s)')
+    assert scenario.problems[0].startswith('4 malformed lines')
 
 
 def test_missing_images_are_counted_and_the_first_few_named(small_scenario):
@@ -156,9 +156,9 @@ def test_missing_images_are_counted_and_the_first_few_named(small_scenario):
     with pytest.raises(ScenarioError) as caught:
         read_scenario(folder, images)
     message = str(caught.value)
-    assert '8 missing image(s)' in message and 'gone_0.png' in message
+    assert '8 missing images' in message and 'gone_0.png' in message
     assert '(and 3 more)' in message and 'gone_7.png' not in message
-    assert '1 training batch left without images' in message
+    assert '1 training batch without any usable image' in message
     scenario = read_scenario(folder, images, allow_missing=True)
     assert scenario.batches[2] == []
 

@@ -75,7 +75,7 @@ _TORCHVISION: Dict[str, Tuple[str, str, int, str]] = {
 }
 
 _DEFAULT_CUTS = {
-    'efficientnet_lite0': 'blocks.5.1',
+    'efficientnet_lite0': 'blocks.5.3',
     'mobilenet_v1': 'conv5_4/dw',
     **{name: row[3] for name, row in _TORCHVISION.items()},
 }

@@ -12,7 +12,9 @@ truncated, bit-flipped or code-carrying file raises :class:`CheckpointError`.
 import hashlib
 import io
 import os
+import re
 import tempfile
+import warnings
 from typing import Any, Dict
 
 import torch
@@ -52,13 +54,25 @@ def loads(blob: bytes, source: str = 'checkpoint') -> Dict[str, Any]:
         raise CheckpointError(f'{source} is truncated or corrupted (checksum mismatch, '
                               f'{len(payload)} payload bytes)')
     try:
-        state = torch.load(io.BytesIO(payload), map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')    # e.g. "Detected pickle protocol 4"
+            state = torch.load(io.BytesIO(payload), map_location='cpu', weights_only=True)
     except Exception as exc:  # noqa: B902 - any unpickling failure is a refusal
-        raise CheckpointError(f'{source} could not be read safely: '
-                              f'{type(exc).__name__}: {str(exc)[:200]}') from None
+        raise CheckpointError(f'{source} could not be read safely: {_refusal(exc)}; it was '
+                              f'not loaded') from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{source} does not hold a state dictionary')
     return state
+
+
+def _refusal(exc: Exception) -> str:
+    """Return the reason of torch's weights-only refusal, without its advice to load unsafely."""
+    text = str(exc)
+    found = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)', text, re.S)
+    if found:
+        return (f'it holds something other than tensors, numbers, strings, lists and dicts '
+                f'({found.group(1).strip()[:200]})')
+    return f'{type(exc).__name__}: {text[:200]}'
 
 
 def save_atomic(state: Dict[str, Any], path: str) -> None:

@@ -99,9 +99,14 @@ class LatentCache:
     and the lower part's runtime. Configurations that differ only above the cut share them.
     """
 
-    def __init__(self) -> None:
-        """Start empty."""
+    def __init__(self, keep_batches: bool = True) -> None:
+        """Start empty.
+
+        ``keep_batches=False`` keeps only the test set's latents: a single configuration
+        uses each batch once, so keeping them would only cost memory.
+        """
         self._store: Dict[Tuple[Hashable, ...], Any] = {}
+        self.keep_batches = keep_batches
 
     @staticmethod
     def key(config: LearnerConfig) -> Tuple[Hashable, ...]:
@@ -112,9 +117,12 @@ class LatentCache:
     def get(self, config: LearnerConfig, item: Hashable, compute: Callable[[], Any]) -> Any:
         """Return the cached value of ``item`` for ``config``'s lower part, computing it once."""
         full = self.key(config) + (item,)
-        if full not in self._store:
-            self._store[full] = compute()
-        return self._store[full]
+        if full in self._store:
+            return self._store[full]
+        value = compute()
+        if self.keep_batches or not (isinstance(item, tuple) and item and item[0] == 'batch'):
+            self._store[full] = value
+        return value
 
     def clear(self) -> None:
         """Drop everything (between sources)."""
@@ -409,8 +417,10 @@ def compare(sources: Sequence[Any], configs: Sequence[Tuple[str, LearnerConfig]]
     ``on_run`` is called after each run (e.g. to save progress).
     """
     runs = []
+    keys = [LatentCache.key(config) for _, config in configs]
+    shared = len(set(keys)) < len(keys)
     for source in sources:
-        cache = LatentCache()
+        cache = LatentCache(keep_batches=shared)
         for name, config in configs:
             run = evaluate(source, config, name=name, eval_every=eval_every, cache=cache,
                            progress=progress)
@@ -524,26 +534,33 @@ def plot_results(runs: Iterable[Dict[str, Any]], path, title: str = '') -> Path:
     by_name: Dict[str, List[Dict[str, Any]]] = {}
     for run in runs:
         by_name.setdefault(run['name'], []).append(run)
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(figsize=(8, 4.8), dpi=110)
-    for name, group in by_name.items():
+    styles = ('-', '--', ':', '-.')
+    for number, (name, group) in enumerate(by_name.items()):
         curves = [_curve(r) for r in group]
         finals = _mean_std([r['final_accuracy'] for r in group])
         label = f'{name}: final {finals[0]:.1f}%'
         if len(group) > 1:
             label += f' ± {finals[1]:.1f} ({len(group)} runs)'
+        style = dict(linestyle=styles[number % len(styles)], linewidth=1.4,
+                     marker='o' if max(len(c[0]) for c in curves) <= 30 else None,
+                     markersize=4)
         same = all(c[0] == curves[0][0] for c in curves)
         if len(group) > 1 and same:
             values = np.array([c[1] for c in curves], dtype=float)
             mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
-            line, = axes.plot(curves[0][0], mean, label=label, linewidth=1.4)
+            line, = axes.plot(curves[0][0], mean, label=label, **style)
             axes.fill_between(curves[0][0], mean - std, mean + std, alpha=0.2,
                               color=line.get_color())
         else:
             color = None
-            for number, (x, y) in enumerate(curves):
-                line, = axes.plot(x, y, label=label if number == 0 else None,
-                                  linewidth=1.2, color=color)
+            for index, (x, y) in enumerate(curves):
+                line, = axes.plot(x, y, label=label if index == 0 else None, color=color,
+                                  **style)
                 color = line.get_color()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel('training batch')
     axes.set_ylabel('test accuracy (%)')
     axes.set_ylim(0, 100)

@@ -33,8 +33,8 @@ from .batch_renorm import convert_batchnorm_to_brn, set_brn_schedule
 from .class_registry import ClassRegistry, normalize_label
 from .config import LearnerConfig
 from .cwr_head import CWRHead
-from .errors import (BusyError, CheckpointError, EmptyEpisodeError, InputError,
-                     NonFiniteError, NotTrainedError)
+from .errors import (BusyError, CheckpointError, ClassLimitError, EmptyEpisodeError,
+                     InputError, NonFiniteError, NotTrainedError)
 from .frozen_runtime import FrozenLowerRuntime
 from .malloc_tuning import tune_malloc
 from .minibatch_mixing import plan_minibatches
@@ -310,9 +310,38 @@ class ContinualLearner:
         try:
             self._check_open()
             latents, frames, names = self._take_episode()
-            return self._learn_step(latents, frames, names)
+            latents, frames, names, refused = self._fit_class_limit(latents, frames, names)
+            summary = self._learn_step(latents, frames, names)
+            summary.update(refused)
+            self._last_learn.update(refused)
+            return summary
         finally:
             self._learn_lock.release()
+
+    def _fit_class_limit(self, latents: torch.Tensor, frames: Optional[torch.Tensor],
+                         names: List[str]):
+        """Drop the frames of new classes that no longer fit under ``max_classes``.
+
+        :meth:`observe` checks the limit against the classes known at that moment, and a
+        step running then may since have added classes. New classes are kept in arrival
+        order while they fit; the others lose their own frames (reported in the summary as
+        ``refused_classes`` / ``refused_frames``), not the whole episode.
+        """
+        new = [name for name in dict.fromkeys(names) if name not in self._registry]
+        room = max(0, self.config.max_classes - len(self._registry))
+        refused = new[room:]
+        if not refused:
+            return latents, frames, names, {}
+        keep = [i for i, name in enumerate(names) if name not in refused]
+        if not keep:
+            raise ClassLimitError(
+                f'the episode holds only frames of new classes beyond max_classes='
+                f'{self.config.max_classes} ({", ".join(refused)}); its {len(names)} frames '
+                f'were discarded')
+        index = torch.tensor(keep, dtype=torch.long)
+        report = {'refused_classes': refused, 'refused_frames': len(names) - len(keep)}
+        return (latents[index], frames[index] if frames is not None else None,
+                [names[i] for i in keep], report)
 
     def _learn_step(self, new_latents: torch.Tensor, new_frames: Optional[torch.Tensor],
                     names: List[str]) -> Dict[str, Any]:
@@ -485,7 +514,8 @@ class ContinualLearner:
 
     def predict_latents(self, latents: torch.Tensor, top_k: int = 3) -> List[Dict[str, Any]]:
         """Classify precomputed latents (as :meth:`encode` returns them)."""
-        upper, registry = self._upper, self._registry
+        with self._episode_lock:   # a model and its class names are swapped in together
+            upper, registry = self._upper, self._registry
         probs = self.probabilities(latents, upper=upper)
         k = max(1, min(int(top_k), probs.shape[1]))
         values, indices = probs.topk(k, dim=1)
@@ -571,9 +601,12 @@ class ContinualLearner:
         except Exception as exc:  # noqa: B902 - any mismatch is a refusal
             raise CheckpointError(f'{source} does not fit this model: '
                                   f'{type(exc).__name__}: {str(exc)[:300]}') from None
-        if upper.head.active != len(registry) or steps < 0:
+        if upper.head.active != len(registry):
             raise CheckpointError(f'{source} is inconsistent: {len(registry)} class names '
                                   f'but {upper.head.active} active head rows')
+        problem = self._state_problem(state, registry, [upper, lower], steps)
+        if problem:
+            raise CheckpointError(f'{source} is inconsistent ({problem}); refusing to load it')
         if self._memory is not None:
             try:
                 self._memory.load_state_dict(state['replay'])
@@ -589,6 +622,37 @@ class ContinualLearner:
                 self._lower = lower.eval()
             self._steps = steps
             self._clear_episode_unlocked()
+
+    def _state_problem(self, state: Dict[str, Any], registry: ClassRegistry,
+                       modules: List[Optional[nn.Module]], steps: int) -> str:
+        """Why a well-formed state cannot have been saved by a learner ('' if it can).
+
+        The checksum only catches accidents; these catch files edited and re-checksummed,
+        which would otherwise make every later prediction or learning step fail.
+        """
+        if registry.max_classes != self.config.max_classes:
+            return (f'its class list allows max_classes={registry.max_classes}, the model '
+                    f'{self.config.max_classes}')
+        for name in registry.names:
+            try:
+                valid = normalize_label(name, 4096) == name
+            except InputError:
+                valid = False
+            if not valid:
+                return f'class name {name[:40]!r} is not a valid label'
+        if steps < 0 or (steps == 0) != (len(registry) == 0):
+            return f'{steps} learned steps for {len(registry)} classes'
+        for module in modules:
+            for key, tensor in (module.state_dict().items() if module is not None else ()):
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f'{key} holds NaN/inf'
+        replay = state.get('replay')
+        labels = replay.get('labels') if isinstance(replay, dict) else None
+        if isinstance(labels, torch.Tensor) and labels.numel() \
+                and int(labels.max()) >= len(registry):
+            return (f'its replay memory holds class id {int(labels.max())} but only '
+                    f'{len(registry)} classes are known')
+        return ''
 
     def save(self, path: str) -> None:
         """Write the whole state to ``path`` atomically."""

@@ -38,9 +38,10 @@ class ScenarioError(InputError):
 class ProblemReport:
     """Problems of one kind: how many, and the first few (with file and line)."""
 
-    def __init__(self, kind: str) -> None:
-        """Start an empty report of ``kind`` (e.g. 'missing image')."""
+    def __init__(self, kind: str, plural: str = '') -> None:
+        """Start an empty report of ``kind`` (e.g. 'missing image'; plural adds an s)."""
         self.kind = kind
+        self.plural = plural or kind + 's'
         self.count = 0
         self.examples: List[str] = []
 
@@ -55,10 +56,11 @@ class ProblemReport:
         return self.count > 0
 
     def text(self) -> str:
-        """One line: '<count> <kind>(s), first: a; b; c (and N more)'."""
+        """One line: '<count> <kind>, first: a; b; c (and N more)'."""
         more = self.count - len(self.examples)
         tail = f' (and {more} more)' if more > 0 else ''
-        return f'{self.count} {self.kind}(s), first: ' + '; '.join(self.examples) + tail
+        kind = self.kind if self.count == 1 else self.plural
+        return f'{self.count} {kind}, first: ' + '; '.join(self.examples) + tail
 
 
 @dataclass
@@ -189,9 +191,10 @@ def read_label_names(path) -> Dict[int, str]:
 def _find_labels_file(directory: Path, images: Path) -> Optional[Path]:
     candidates = [directory / 'labels.txt', directory.parent / 'labels.txt',
                   images / 'labels.txt', images.parent / 'labels.txt']
-    # CORe50: core50_labels.txt next to core50_128x128/ and batches_filelists_NICv2/
-    candidates += [p / 'core50_labels.txt'
-                   for p in (images.parent, *list(directory.parents)[:3])]
+    # CORe50: core50_labels.txt (or the download's core50_class_names.txt) next to
+    # core50_128x128/ and the batches_filelists folder
+    candidates += [p / name for p in (images.parent, *list(directory.parents)[:3])
+                   for name in ('core50_labels.txt', 'core50_class_names.txt')]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -264,7 +267,8 @@ def read_scenario(directory, images, labels_file=None, allow_missing: bool = Fal
 
     batches = [present(b, name) for b, (_, name) in zip(batches, numbered)]
     test = present(test, 'test_filelist.txt')
-    empty = ProblemReport('training batch left without images')
+    empty = ProblemReport('training batch without any usable image',
+                          'training batches without any usable image')
     for batch, (_, name) in zip(batches, numbered):
         if not batch:
             empty.add(name)

@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import fields
@@ -32,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import bag_format as fmt
 from .bag_reader import BagIndex, BagSource, iter_raw
+from ..core.class_registry import normalize_label
 from ..core.config import LearnerConfig
 from ..core.errors import LatentReplayError
 from ..core.evaluation import evaluate, load_config, parse_override, plot_results, \
@@ -46,6 +46,10 @@ LEARN_TIMEOUT_S = 1800.0
 RESEND_AFTER_S = 0.5
 #: how often a test frame is sent before giving up
 MAX_SENDS = 10
+#: seconds to wait for the node's status to show a label or a frame count (see _Sync)
+SYNC_TIMEOUT_S = 10.0
+#: images sent but not yet handled by the node, at most (its subscription keeps 5)
+WINDOW = 4
 #: answers whose stamp differs from the frame's by less than this are about that frame
 STAMP_TOLERANCE_S = 1e-4
 
@@ -88,7 +92,7 @@ class NodeProcess:
         """Write its parameters file and start it (stdout/stderr go to ``node.log``)."""
         work_dir.mkdir(parents=True, exist_ok=True)
         params = {**config.to_dict(), 'state_file': str(work_dir / 'state.pt'),
-                  'autosave': False, 'prediction_rate': 0.0, 'diagnostics_period': 0.5}
+                  'autosave': False, 'prediction_rate': 0.0, 'diagnostics_period': 0.2}
         lines = ['/**:', '  ros__parameters:']
         lines += [f'    {key}: {_yaml_scalar(value)}' for key, value in params.items()]
         self.params_file = work_dir / 'node_params.yaml'
@@ -160,6 +164,7 @@ class LivePlayer:
             self.param_client = self.node.create_client(GetParameters,
                                                         f'{self.target}/get_parameters')
             self._diagnostics: Dict[str, str] = {}
+            self._diagnostics_time = 0.0
             self._diagnostics_lock = threading.Lock()
             self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                           10)
@@ -178,11 +183,26 @@ class LivePlayer:
                     self.target.strip('/').split('/')[-1] + ':'):
                 with self._diagnostics_lock:
                     self._diagnostics = {kv.key: kv.value for kv in status.values}
+                    self._diagnostics_time = time.monotonic()
 
-    def diagnostics(self) -> Dict[str, str]:
-        """Return the node's newest /diagnostics values (empty before the first)."""
+    def diagnostics(self, since: float = 0.0) -> Dict[str, str]:
+        """Return the node's newest /diagnostics values if received after ``since``, else {}."""
         with self._diagnostics_lock:
-            return dict(self._diagnostics)
+            return dict(self._diagnostics) if self._diagnostics_time > since else {}
+
+    def _status_where(self, predicate: Callable[[Dict[str, str]], bool], timeout: float,
+                      since: float = 0.0) -> Optional[Dict[str, str]]:
+        """Wait for a /diagnostics status received after ``since`` that fits ``predicate``.
+
+        Returns None on timeout.
+        """
+        def check():
+            values = self.diagnostics(since)
+            return values if values and predicate(values) else None
+        try:
+            return _wait(check, timeout, 'the node status', self._check, interval=0.005)
+        except LiveEvaluationError:
+            return None
 
     def _check(self) -> None:
         if self._alive is not None:
@@ -265,13 +285,11 @@ class LivePlayer:
                 f'(classes: {values.get("known_classes", "?")}); pass --reset to reset it '
                 f'first (the node keeps a backup of its state) or start a fresh node')
 
-    def _publish_label(self, text: str) -> None:
-        self.label_pub.publish(self._string(data=text))
-
     def evaluate_bag(self, bag, test_bag=None, eval_every: int = 1, rate: float = 1.0,
                      max_batches: Optional[int] = None, test_stride: int = 1,
                      learn_timeout: float = LEARN_TIMEOUT_S, progress: bool = True,
-                     name: str = 'live') -> Dict[str, Any]:
+                     name: str = 'live', sync_timeout: float = SYNC_TIMEOUT_S,
+                     window: int = WINDOW) -> Dict[str, Any]:
         """Play ``bag`` into the node; return a run record like the offline evaluator's."""
         from rclpy.serialization import deserialize_message
 
@@ -288,7 +306,9 @@ class LivePlayer:
         for topic, stamp, raw in iter_raw(test_path, start=min(wanted), stop=max(wanted) + 1):
             if topic == fmt.IMAGE_TOPIC and stamp in wanted:
                 raw_tests[stamp] = raw
-        test_set = [(t.stamp_ns, raw_tests[t.stamp_ns], t.label) for t in tests]
+        # class names as the node normalises them (NFC, no surrounding blanks)
+        test_set = [(t.stamp_ns, raw_tests[t.stamp_ns], normalize_label(t.label, 4096))
+                    for t in tests]
         stop = index.test_begin_ns if not test_bag else None
         last_batch = len(index.batches) - 1
         started = time.perf_counter()
@@ -298,7 +318,10 @@ class LivePlayer:
             bar = tqdm(total=len(index.batches), desc=f'{name} {Path(bag).name}', unit='batch',
                        mininterval=1.0)
         batches: List[Dict[str, Any]] = []
-        totals = {'train': 0.0, 'eval': 0.0, 'resent': 0, 'lost': 0}
+        totals = {'train': 0.0, 'eval': 0.0, 'resent': 0, 'lost': 0, 'sync_timeouts': 0}
+        # a status message sent from now on carries the node's current counters
+        self._status_where(lambda v: True, 5.0, since=time.monotonic())
+        sync = _Sync(self, sync_timeout, window)
         anchor: Optional[Tuple[float, int]] = None
         try:
             for topic, stamp, raw in iter_raw(bag, stop=stop):
@@ -308,10 +331,15 @@ class LivePlayer:
                 if delay > 0:
                     time.sleep(delay)
                 if topic == fmt.IMAGE_TOPIC:
+                    if sync.before_image():
+                        anchor = None   # throttled: keep the pace from here on
                     self.image_pub.publish(raw)
+                    sync.sent_image()
                     continue
                 if topic == fmt.LABEL_TOPIC:
                     self.label_pub.publish(raw)
+                    if sync.label(deserialize_message(raw, self._string).data):
+                        anchor = None   # waited: play the next frame now, then keep the pace
                     continue
                 marker = fmt.parse_marker(deserialize_message(raw, self._string).data)
                 if marker['event'] != 'learn':
@@ -319,12 +347,15 @@ class LivePlayer:
                 batch = int(marker['batch'])
                 if batch > last_batch:
                     break
+                sync.before_learn()
                 record = self._learn(marker, learn_timeout, totals)
                 if record['learned'] and ((batch + 1) % eval_every == 0 or batch == last_batch):
                     t0 = time.perf_counter()
+                    resent = totals['resent']
                     record['accuracy'] = round(self._test(test_set, totals), 4)
                     record['eval_seconds'] = round(time.perf_counter() - t0, 4)
                     totals['eval'] += record['eval_seconds']
+                    sync.after_test(len(test_set), totals['resent'] - resent)
                 batches.append(record)
                 if bar is not None:
                     bar.update(1)
@@ -337,6 +368,7 @@ class LivePlayer:
         finally:
             if bar is not None:
                 bar.close()
+        totals['sync_timeouts'] = sync.timeouts
         if len(batches) < len(index.batches):
             raise LiveEvaluationError(f'the bag ended after {len(batches)} of '
                                       f'{len(index.batches)} batches')
@@ -363,7 +395,9 @@ class LivePlayer:
             'total_eval_seconds': round(totals['eval'], 3),
             'wall_seconds': round(time.perf_counter() - started, 3),
             'live': {'node': self.target, 'playback_rate': rate,
-                     'frames_lost': totals['lost'], 'test_frames_resent': totals['resent']},
+                     'frames_lost': totals['lost'], 'test_frames_resent': totals['resent'],
+                     'synchronised': sync.enabled, 'window': window if sync.enabled else 0,
+                     'sync_timeouts': totals['sync_timeouts']},
         }
 
     def _learn(self, marker: Dict[str, Any], timeout: float,
@@ -422,6 +456,103 @@ class LivePlayer:
                                   f'{expected:.3f} s after {MAX_SENDS} sends')
 
 
+class _Sync:
+    """Keep the node's view in step with the playback, through its /diagnostics status.
+
+    Images (best effort) and labels (reliable) travel on different topics, and a busy node
+    may handle a queued image after a label that was sent later, or answer ``~/learn`` before
+    it has handled the batch's last images. So, when the node publishes its status: after a
+    label is sent, playback waits until the status shows that label; before ``~/learn`` it
+    waits until the node's ``frames_received``/``frames_collected`` counters have reached
+    what was sent; and it sends an image only while fewer than ``window`` sent images are
+    not yet handled (the node's image queue holds 5, a node that falls further behind drops
+    frames). A wait that times out (a frame really lost) is counted and playback goes on
+    from the node's actual counts. Without a status, playback relies on the bag's pacing
+    and the frame count in ``~/learn``'s answer.
+    """
+
+    def __init__(self, player: 'LivePlayer', timeout: float, window: int) -> None:
+        self.player = player
+        self.timeout = timeout
+        self.window = window
+        self.timeouts = 0
+        values = player.diagnostics()
+        self.enabled = bool(values) and 'frames_received' in values
+        self.received = int(values.get('frames_received', 0)) if self.enabled else 0
+        self.collected = int(values.get('frames_collected', 0)) if self.enabled else 0
+        self.label_set = bool(values.get('label')) if self.enabled else False
+
+    def before_image(self) -> bool:
+        """Hold the next image while ``window`` images are not yet handled by the node.
+
+        The node's image subscription keeps 5 messages (sensor-data QoS); a node that falls
+        behind by more loses frames. Returns whether it had to wait.
+        """
+        if not self.enabled or self.window <= 0:
+            return False
+        need = self.received - self.window + 1
+        values = self.player.diagnostics()
+        if int(values.get('frames_received', 0)) >= need:
+            return False
+        found = self.player._status_where(lambda v: int(v.get('frames_received', 0)) >= need,
+                                          self.timeout)
+        if found is None:
+            self._lost('images')
+        return True
+
+    def _lost(self, where: str) -> None:
+        self.timeouts += 1
+        found = self.player.diagnostics()
+        print(f'warning: waiting for {where}: the node received '
+              f'{found.get("frames_received")} of {self.received} frames sent, collected '
+              f'{found.get("frames_collected")} of {self.collected}', file=sys.stderr)
+        self.received = int(found.get('frames_received', self.received))
+        self.collected = int(found.get('frames_collected', self.collected))
+
+    def sent_image(self) -> None:
+        """Count an image sent while playing the training stream."""
+        self.received += 1
+        self.collected += int(self.label_set)
+
+    def label(self, text: str) -> bool:
+        """Wait until the node shows label ``text``; return whether it waited."""
+        name = text.strip()
+        self.label_set = bool(name)
+        if not self.enabled:
+            return False
+        sent = time.monotonic()
+        found = self.player._status_where(lambda v: v.get('label', '') == name, self.timeout,
+                                          since=sent)
+        if found is None:
+            self.timeouts += 1
+            print(f'warning: the node did not show label {name!r} within {self.timeout:.0f} s',
+                  file=sys.stderr)
+        return True
+
+    def before_learn(self) -> None:
+        """Wait until the node has handled every image sent so far."""
+        if not self.enabled:
+            time.sleep(0.1)
+            return
+        found = self.player._status_where(
+            lambda v: int(v.get('frames_received', 0)) >= self.received
+            and int(v.get('frames_collected', 0)) >= self.collected, self.timeout)
+        if found is None:
+            self._lost('~/learn')
+
+    def after_test(self, frames: int, resent: int) -> None:
+        """Account for the test frames (each confirmed by ~/predict)."""
+        if not self.enabled:
+            return
+        if resent == 0:
+            self.received += frames
+            return
+        # some test frames were sent twice: read the count back once it is current
+        found = self.player._status_where(lambda v: True, self.timeout, since=time.monotonic())
+        if found is not None:
+            self.received = int(found.get('frames_received', self.received))
+
+
 # ---------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line options of ``latent-replay-play-bag``."""
@@ -461,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument('--max-batches', type=int, metavar='N', help='only the first N batches')
     play.add_argument('--test-stride', type=int, default=1, metavar='K',
                       help='every K-th test frame only (default 1)')
+    play.add_argument('--window', type=int, default=WINDOW, metavar='N',
+                      help='send an image only while fewer than N sent images are not yet '
+                           f'handled by the node, per its /diagnostics (default {WINDOW}; '
+                           '0: pace by the bag only)')
     play.add_argument('--learn-timeout', type=float, default=LEARN_TIMEOUT_S,
                       metavar='SECONDS', help='longest a ~/learn call may take')
     play.add_argument('--compare-offline', action='store_true',
@@ -487,10 +622,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if ignored:
             print(f'note: not learner settings, ignored: {", ".join(ignored)}',
                   file=sys.stderr)
-        process = NodeProcess(started_config, Path(tempfile.mkdtemp(prefix='latent_replay_',
-                                                                    dir=out)),
-                              node_name=args.node, image_topic=args.image_topic,
-                              label_topic=args.label_topic)
+        process = NodeProcess(started_config, out / 'node', node_name=args.node,
+                              image_topic=args.image_topic, label_topic=args.label_topic)
     elif args.config or args.set or args.seed is not None:
         raise LatentReplayError('--config/--set/--seed configure a node started with '
                                 '--start-node; a running node has its own parameters')
@@ -504,7 +637,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                    eval_every=args.eval_every, rate=args.rate,
                                    max_batches=args.max_batches, test_stride=args.test_stride,
                                    learn_timeout=args.learn_timeout,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, window=args.window)
     finally:
         if player is not None:
             player.close()
