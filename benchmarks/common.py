@@ -158,7 +158,7 @@ def _json_default(value: Any) -> Any:
 
 
 def malloc_tuned() -> bool:
-    """True when the core's glibc malloc tuning was applied in this process."""
+    """Return True when the core's glibc malloc tuning was applied in this process."""
     try:
         from ros2_latent_replay.core import malloc_tuning
         return bool(malloc_tuning._applied)
@@ -186,7 +186,7 @@ def summary(values: Sequence[float]) -> Dict[str, float]:
 
 
 def median(values: Sequence[float]) -> float:
-    """Median of ``values``."""
+    """Return the median of ``values``."""
     return float(statistics.median(values))
 
 

@@ -44,20 +44,22 @@ class Ours:
 
     name = 'ours (latent replay, default)'
 
-    def __init__(self, threads, setup_frames, setup_labels, episode):
+    def __init__(self, threads, setup_frames, setup_labels, episode, replay=1500, epochs=4):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-        self.learner = ContinualLearner(LearnerConfig(threads=threads))
+        self.learner = ContinualLearner(LearnerConfig(threads=threads, replay_size=replay))
         self.learner.config.epochs = 1
         cap = self.learner.replay_capacity
-        observe_grouped(self.learner, setup_frames[:1000], setup_labels[:1000])
+        half = min(1000, cap * 2 // 3)
+        observe_grouped(self.learner, setup_frames[:half], setup_labels[:half])
         self.learner.learn()
-        observe_grouped(self.learner, setup_frames[1000:cap], setup_labels[1000:cap])
+        observe_grouped(self.learner, setup_frames[half:cap], setup_labels[half:cap])
         self.learner.learn()
-        self.learner.config.epochs = 4
+        self.learner.config.epochs = epochs
         assert self.learner.replay_fill == cap, self.learner.replay_fill
         self.episode = episode
 
     def run(self, frames, labels):
+        """Time one episode; return its measurements."""
         t0 = time.perf_counter()
         observe_grouped(self.learner, frames, labels)
         t1 = time.perf_counter()
@@ -76,19 +78,19 @@ class AvalancheAR1:
 
     name = 'Avalanche AR1 (latent replay, conv5_4/dw, float32)'
 
-    def __init__(self, threads, setup_frames, setup_labels, episode):
+    def __init__(self, threads, setup_frames, setup_labels, episode, replay=1500, epochs=4):
         from peers.avalanche_peers import benchmark, make_ar1
         self.benchmark = benchmark
-        self.strategy = make_ar1(rm_sz=1500, train_epochs=1)
+        self.strategy = make_ar1(rm_sz=replay, train_epochs=1)
         x0, y0 = self._tensors(setup_frames[:128], setup_labels[:128])
         self.strategy.train(self._experiences([(x0, y0)])[0])
         model = self.strategy.model
         model.eval()
-        x, y = self._tensors(setup_frames[:1500], setup_labels[:1500])
+        x, y = self._tensors(setup_frames[:replay], setup_labels[:replay])
         with torch.no_grad():
             acts = torch.cat([model.lat_features(x[i:i + 128]) for i in range(0, len(x), 128)])
         self.strategy.rm = (acts.clone(), y.clone())
-        self.strategy.train_epochs = 4
+        self.strategy.train_epochs = epochs
         self.latent_shape = tuple(acts.shape[1:])
         self.rm_bytes = acts.element_size() * acts.nelement()
 
@@ -104,6 +106,7 @@ class AvalancheAR1:
         return list(bench.train_stream)
 
     def run(self, frames, labels):
+        """Time one episode; return its measurements."""
         x, y = self._tensors(frames, labels)
         # a one-experience stream would restart the clock; add a dummy first experience
         exps = self._experiences([(x[:1], y[:1]), (x, y)])
@@ -120,20 +123,23 @@ class Native:
 
     name = 'native rehearsal (our code, full network, raw images)'
 
-    def __init__(self, threads, setup_frames, setup_labels, episode):
+    def __init__(self, threads, setup_frames, setup_labels, episode, replay=1500, epochs=4):
         from ros2_latent_replay.core import LearnerConfig
         from peers.native_rehearsal import NativeRehearsal
-        self.nr = NativeRehearsal(LearnerConfig(threads=threads))
+        self.nr = NativeRehearsal(LearnerConfig(threads=threads, replay_size=replay))
         self.nr.config.epochs = 1
-        self.nr.learn(setup_frames[:300], setup_labels[:300])
+        first = min(300, replay)
+        self.nr.learn(setup_frames[:first], setup_labels[:first])
         cap = self.nr.config.replay_size
-        extra = setup_frames[300:cap]
-        self.nr.memory[300:cap] = self.nr._to_uint8(extra).numpy()
-        self.nr.memory_labels[300:cap] = setup_labels[300:cap]
+        extra = setup_frames[first:cap]
+        if len(extra):
+            self.nr.memory[first:cap] = self.nr._to_uint8(extra).numpy()
+            self.nr.memory_labels[first:cap] = setup_labels[first:cap]
         self.nr.fill = cap
-        self.nr.config.epochs = 4
+        self.nr.config.epochs = epochs
 
     def run(self, frames, labels):
+        """Time one episode; return its measurements."""
         t0 = time.perf_counter()
         stats = self.nr.learn(frames, labels)
         t1 = time.perf_counter()
@@ -142,22 +148,29 @@ class Native:
 
 
 def main():
+    """Set the three methods up, then time them round by round."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parse_common(parser)
     parser.add_argument('--rounds', type=int, default=None)
     parser.add_argument('--episode', type=int, default=300)
+    parser.add_argument('--replay', type=int, default=None)
+    parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--skip', default='', help='comma list: ours,ar1,native')
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
+    if args.quick:   # smoke check: a smaller episode and memory, 1 epoch
+        args.episode = min(args.episode, 100)
+    replay = args.replay or (300 if args.quick else 1500)
+    epochs = args.epochs or (1 if args.quick else 4)
     tune_malloc_now()
     set_threads(args.threads)
     rec = Recorder('learn_latency', {'threads': args.threads, 'rounds': rounds,
-                                     'episode_frames': args.episode, 'replay_patterns': 1500,
-                                     'epochs': 4, 'input_size': 128, 'minibatch': 128,
+                                     'episode_frames': args.episode, 'replay_patterns': replay,
+                                     'epochs': epochs, 'input_size': 128, 'minibatch': 128,
                                      'scenario': 'coil100_clutter NIC run0 training frames'})
-    frames, labels = load_frames('clutter', 0, count=1500 + rounds * args.episode)
-    setup_f, setup_l = frames[:1500], labels[:1500]
-    eps = episodes(frames[1500:], labels[1500:], args.episode)
+    frames, labels = load_frames('clutter', 0, count=replay + rounds * args.episode)
+    setup_f, setup_l = frames[:replay], labels[:replay]
+    eps = episodes(frames[replay:], labels[replay:], args.episode)
     skip = set(filter(None, args.skip.split(',')))
     methods = {}
     build = {}
@@ -165,7 +178,7 @@ def main():
         if key in skip:
             continue
         t0 = time.perf_counter()
-        methods[key] = cls(args.threads, setup_f, setup_l, args.episode)
+        methods[key] = cls(args.threads, setup_f, setup_l, args.episode, replay, epochs)
         build[key] = time.perf_counter() - t0
         print(f'{key}: set up in {build[key]:.1f} s', flush=True)
     runs = {key: [] for key in methods}

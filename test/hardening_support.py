@@ -1,11 +1,11 @@
 """Helpers of the hardening tests: a node launcher that restarts fast, a remote client, RSS.
 
-:class:`NodeLauncher` is a *zygote*: a helper process that imports torch, rclpy and the node
+:class:`NodeLauncher` is a *zygote*: a helper process that imports torch, timm and the core
 once, then forks a fresh ``latent_replay_node`` process (the real ``node.main``) per request,
 each in its own session and process group. A forked node is up in 1-2 s instead of the
 8-10 s a cold ``python -m ros2_latent_replay.node`` takes on a loaded 2-core machine, which
 is what lets the crash test kill and restart the node 20 times within its budget. The zygote
-imports modules only (no rclpy.init, no torch computation, no threads), so forking it is safe.
+only imports modules that start no thread (it checks), so forking it is safe.
 
 :class:`RemoteNode` talks to one such node process over real DDS from a client node in the
 test process; each start gets its own namespace, so requests never go to a killed
@@ -62,17 +62,19 @@ def temp_files(state_file):
 
 # ---------------------------------------------------------------------- the zygote
 def _zygote_main():
-    """Run in the launcher process: preload, then fork node processes on request."""
+    """Run in the launcher process: preload, then fork node processes on request.
+
+    Only modules that start no thread when imported are preloaded (numpy's OpenBLAS pool
+    is kept to the calling thread); rclpy and ONNX Runtime, which start threads, load in
+    each child after the fork (0.1 s).
+    """
+    os.environ['OPENBLAS_NUM_THREADS'] = '1'
     sys.path.insert(0, str(REPO))
-    import rclpy  # noqa: F401  (preloaded for the children)
+    import numpy  # noqa: F401  (preloaded for the children)
+    import timm  # noqa: F401
     import torch  # noqa: F401
-    from ros2_latent_replay import node as node_module
+    import torchvision  # noqa: F401
     from ros2_latent_replay.core import backbones, frozen_runtime, learner  # noqa: F401
-    try:
-        import onnxruntime  # noqa: F401
-        import timm  # noqa: F401
-    except ImportError:
-        pass
     threads = len(os.listdir('/proc/self/task'))
     children = {}
     out = sys.stdout
@@ -92,6 +94,7 @@ def _zygote_main():
                     os.dup2(log, 1)
                     os.dup2(log, 2)
                     sys.stdin = open(os.devnull)
+                    from ros2_latent_replay import node as node_module
                     code = node_module.main(['latent_replay_node'] + request['args'])
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else 1
@@ -288,7 +291,7 @@ class ClientNode:
             if value:
                 return value
             assert time.monotonic() < deadline, f'timed out after {timeout:.0f} s waiting ' \
-                                                f'for {what}'
+                                                f'for {what() if callable(what) else what}'
             self.executor.spin_once(timeout_sec=0.01)
 
     def close(self):
@@ -309,7 +312,8 @@ class RssSampler:
         self._process = psutil.Process(pid or os.getpid())
         self.baseline = self._process.memory_info().rss
         self.peak = self.baseline
-        self.samples = 0
+        self.samples = []           # (seconds since the start, resident bytes)
+        self._started = time.monotonic()
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -322,7 +326,7 @@ class RssSampler:
             except Exception:  # noqa: B902 - the process may be gone
                 return
             self.peak = max(self.peak, rss)
-            self.samples += 1
+            self.samples.append((time.monotonic() - self._started, rss))
             self._stop.wait(self._interval)
 
     def stop(self):
@@ -330,6 +334,11 @@ class RssSampler:
         self._stop.set()
         self._thread.join(5.0)
         return self.peak - self.baseline
+
+    def peak_between(self, start, end):
+        """Highest growth over the baseline sampled between ``start`` and ``end`` seconds."""
+        values = [rss for t, rss in self.samples if start <= t < end]
+        return max(values, default=self.baseline) - self.baseline
 
 
 # ---------------------------------------------------------------------- storm clients

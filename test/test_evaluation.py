@@ -207,6 +207,7 @@ def test_cli_writes_results_and_plot(scenario, tmp_path, capsys):
     assert document['ignored_config_keys']['fast'] == ['state_file']
     assert all(r['seed'] == 1 and len(r['batches']) == 2 for r in document['runs'])
     assert (out / 'accuracy.png').stat().st_size > 10_000
+    assert not (out / 'progress.json').exists()     # only while a run is in progress
     assert 'final_accuracy' in capsys.readouterr().out
     merged = tmp_path / 'merged'
     assert eval_cli.main(['--merge', str(out / 'results.json'), str(out / 'results.json'),

@@ -18,13 +18,13 @@ from torch import nn
 
 
 def quiet_evaluator():
-    """An Avalanche evaluator with no loggers and no metrics (no printing overhead)."""
+    """Return an Avalanche evaluator with no loggers and no metrics (no printing overhead)."""
     from avalanche.training.plugins import EvaluationPlugin
     return EvaluationPlugin(loggers=[])
 
 
 def tensor_dataset(x: torch.Tensor, y: torch.Tensor):
-    """An Avalanche classification dataset over tensors (task label 0)."""
+    """Return an Avalanche classification dataset over tensors (task label 0)."""
     from avalanche.benchmarks.utils.classification_dataset import \
         _make_taskaware_tensor_classification_dataset
     return _make_taskaware_tensor_classification_dataset(
@@ -33,7 +33,7 @@ def tensor_dataset(x: torch.Tensor, y: torch.Tensor):
 
 def benchmark(train: Sequence[Tuple[torch.Tensor, torch.Tensor]],
               test: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
-    """An Avalanche benchmark: one experience per (x, y) pair."""
+    """Return an Avalanche benchmark: one experience per (x, y) pair."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     return benchmark_from_datasets(train=[tensor_dataset(x, y) for x, y in train],
                                    test=[tensor_dataset(x, y) for x, y in test])

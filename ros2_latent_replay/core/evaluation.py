@@ -16,6 +16,7 @@ Everything here is ROS-free; bags are turned into a source by
 ``ros2_latent_replay.evaluation.bag_reader``. Accuracies are in percent.
 """
 
+import functools
 import json
 import math
 import random
@@ -410,11 +411,14 @@ def _test_accuracy(learner: Any, source: Any, test_latents: Any,
 
 def compare(sources: Sequence[Any], configs: Sequence[Tuple[str, LearnerConfig]],
             eval_every: int = 1, progress: bool = True,
-            on_run: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+            on_run: Optional[Callable[[Dict[str, Any]], None]] = None,
+            on_batch: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None
+            ) -> List[Dict[str, Any]]:
     """Run every configuration on every source.
 
     Sources are the outer loop, so one source's latents are encoded once and shared;
-    ``on_run`` is called after each run (e.g. to save progress).
+    ``on_run`` is called after each run (e.g. to save progress), ``on_batch`` with the
+    configuration's name, the source and the batch's record after each batch.
     """
     runs = []
     keys = [LatentCache.key(config) for _, config in configs]
@@ -422,8 +426,9 @@ def compare(sources: Sequence[Any], configs: Sequence[Tuple[str, LearnerConfig]]
     for source in sources:
         cache = LatentCache(keep_batches=shared)
         for name, config in configs:
+            hook = None if on_batch is None else functools.partial(on_batch, name, source)
             run = evaluate(source, config, name=name, eval_every=eval_every, cache=cache,
-                           progress=progress)
+                           progress=progress, on_batch=hook)
             runs.append(run)
             if on_run is not None:
                 on_run(run)

@@ -9,7 +9,8 @@ Examples::
     latent-replay-eval --merge OUT_A/results.json OUT_B/results.json --out OUT
 
 Writes ``OUT/results.json`` (top-level ``final_accuracy`` in percent) and
-``OUT/accuracy.png``, after every finished run, so an interrupted evaluation keeps what ran.
+``OUT/accuracy.png``, after every finished run, so an interrupted evaluation keeps what ran;
+``OUT/progress.json`` holds the batches of the run in progress.
 """
 
 import argparse
@@ -192,8 +193,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
               f'{run_record["final_accuracy"]:.2f}%, mean {run_record["mean_accuracy"]:.2f}%, '
               f'{run_record["wall_seconds"]:.0f} s', file=sys.stderr)
 
+    partial: List[Dict[str, Any]] = []
+
+    def save_batch(name: str, source: Any, record: Dict[str, Any]) -> None:
+        if not partial or partial[0] != (name, id(source)):
+            partial[:] = [(name, id(source)), []]
+        partial[1].append(record)
+        write_results(out / 'progress.json', {'name': name, 'source': source.describe(),
+                                              'batches': partial[1]})
+
     compare(sources, configs, eval_every=args.eval_every, progress=not args.no_progress,
-            on_run=save)
+            on_run=save, on_batch=save_batch)
+    (out / 'progress.json').unlink(missing_ok=True)
     return results_document(runs, extra)
 
 

@@ -1,0 +1,277 @@
+"""Figure 7: final and mean accuracy over scenario runs, ours vs Avalanche vs baselines.
+
+Methods (all on EfficientNet-Lite0 with ImageNet weights; cut after blocks.5.1 unless said):
+
+* ``ar1_free`` (our default), ``ar1``, ``cwr``: ``ContinualLearner`` fed precomputed latents
+  with ``observe_latents`` (the lower part is frozen, so this equals feeding the frames).
+* ``av_naive``, ``av_replay``, ``av_cumulative``: Avalanche 0.6.0 ``Naive``, ``Replay``
+  (1,500 patterns) and ``Cumulative`` on our backbone and cut: the model is the pretrained
+  upper part (plain BatchNorm, all layers trained) + a linear head, fed the same latents
+  (frozen lower part); SGD lr 1e-3, momentum 0.9, weight decay 5e-4, 4 epochs, minibatch
+  128. ``av_cumulative`` merges ``--cumulative-group`` consecutive batches into one
+  experience (cumulative training is quadratic in the stream length; its final model is
+  trained on all data seen either way).
+* ``native``: native rehearsal (benchmarks/peers/native_rehearsal.py), the whole network
+  trained on replayed raw images; needs the images, very slow here, so only on
+  ``--native-batches`` first batches.
+* ``ncm``, ``slda``: streaming heads on the frozen pretrained pooled features (one pass).
+
+Accuracy is measured on the scenario's test list after the last batch (final) and at
+``--checkpoints`` evenly spaced points of the stream (mean = average over them, the last
+one included). Results go to ``benchmarks/results/accuracy_<scenario>.json`` after every
+(run, method), so an interrupted run keeps what it finished. Latents are cached under
+``benchmarks/results/tmp/``.
+"""
+
+import argparse
+import copy
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import RESULTS, SCENARIOS, Recorder, set_threads, tune_malloc_now
+
+CACHE = RESULTS / 'tmp'
+ALL_METHODS = ('ncm', 'slda', 'av_naive', 'av_replay', 'ar1_free', 'cwr', 'ar1',
+               'av_cumulative', 'native')
+
+
+def scenario_of(name, run, max_batches):
+    """Read a scenario run."""
+    from ros2_latent_replay.core.scenario import read_scenario
+    directory, images = SCENARIOS[name]
+    return read_scenario(directory / f'run{run}', images, max_batches=max_batches)
+
+
+def encode_all(scen, backbone, cut, threads, tag):
+    """Latents (float32) and pooled pretrained features of every train/test frame (cached)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f'latents_{tag}_{backbone}_{cut}.pt'
+    entries = [e for b in scen.batches for e in b] + list(scen.test)
+    if path.exists():
+        data = torch.load(path, weights_only=True)
+        if data['paths'] == [p for p, _ in entries]:
+            return data
+    from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+    learner = ContinualLearner(LearnerConfig(backbone=backbone, latent_layer=cut,
+                                             threads=threads, replay_size=0))
+    lat = []
+    for start in range(0, len(entries), 256):
+        frames = scen.load_images(entries[start:start + 256])
+        lat.append(learner.encode(frames))
+    latents = torch.cat(lat)
+    upper = copy.deepcopy(learner._backbone.upper).eval()
+    with torch.no_grad():
+        feats = torch.cat([upper(latents[i:i + 256]) for i in range(0, len(latents), 256)])
+    learner.close()
+    data = {'paths': [p for p, _ in entries], 'latents': latents, 'features': feats,
+            'labels': torch.tensor([lab for _, lab in entries])}
+    torch.save(data, path)
+    return data
+
+
+def checkpoints_of(n_batches, count):
+    """Batch indices after which the test set is evaluated (the last batch included)."""
+    points = np.unique(np.linspace(0, n_batches - 1, max(1, count)).round().astype(int))
+    return set(points.tolist()) | {n_batches - 1}
+
+
+def split(data, scen):
+    """Per-batch index arrays and test index array into the cached tensors."""
+    sizes = [len(b) for b in scen.batches]
+    starts = np.cumsum([0] + sizes)
+    batches = [np.arange(starts[i], starts[i + 1]) for i in range(len(sizes))]
+    test = np.arange(starts[-1], starts[-1] + len(scen.test))
+    return batches, test
+
+
+def run_ours(strategy, data, batches, test, points, threads, seed,
+             backbone='efficientnet_lite0', cut='blocks.5.1', **overrides):
+    """Our learner on latents; returns accuracies at the checkpoints and seconds."""
+    from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+    learner = ContinualLearner(LearnerConfig(strategy=strategy, threads=threads, seed=seed,
+                                             backbone=backbone, latent_layer=cut, **overrides))
+    lat, labels = data['latents'], data['labels']
+    accs = []
+    t0 = time.perf_counter()
+    for i, idx in enumerate(batches):
+        y = labels[idx]
+        for label in torch.unique(y).tolist():
+            learner.observe_latents(lat[idx][y == label], str(label))
+        learner.learn()
+        if i in points:
+            probs = torch.cat([learner.probabilities(lat[test][k:k + 512])
+                               for k in range(0, len(test), 512)])
+            names = learner.known_classes
+            pred = torch.tensor([int(names[j]) for j in probs.argmax(1).tolist()])
+            accs.append(float((pred == labels[test]).float().mean()))
+    seconds = time.perf_counter() - t0
+    learner.close()
+    return accs, seconds
+
+
+def _upper_model(backbone, cut, classes):
+    from ros2_latent_replay.core.backbones import build_backbone
+    bb = build_backbone(backbone, cut=cut)
+    upper = bb.upper
+    for p in upper.parameters():
+        p.requires_grad_(True)
+    return nn.Sequential(upper, nn.Linear(bb.feature_dim, classes))
+
+
+def _eval_model(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[k:k + 512]).argmax(1) for k in range(0, len(x), 512)])
+    return float((pred == y).float().mean())
+
+
+def run_avalanche(kind, data, batches, test, points, backbone, cut, classes, group, seed):
+    """Avalanche generic strategy on latents with our upper part + linear head."""
+    from peers.avalanche_peers import benchmark, make_generic
+    torch.manual_seed(seed)
+    model = _upper_model(backbone, cut, classes)
+    strategy = make_generic(kind, model)
+    lat, labels = data['latents'], data['labels']
+    accs = []
+    if kind == 'cumulative' and group > 1:
+        groups = [list(range(s, min(s + group, len(batches))))
+                  for s in range(0, len(batches), group)]
+    else:
+        groups = [[i] for i in range(len(batches))]
+    t0 = time.perf_counter()
+    done_points = set()
+    pairs = []
+    for g in groups:
+        idx = np.concatenate([batches[i] for i in g])
+        pairs.append((lat[idx], labels[idx]))
+    stream = list(benchmark(pairs, pairs[:1]).train_stream)
+    for g, exp in zip(groups, stream):
+        strategy.train(exp)
+        hit = [i for i in g if i in points]
+        if hit:
+            acc = _eval_model(strategy.model, lat[test], labels[test])
+            accs += [acc] * len(hit)
+            done_points.update(hit)
+    return accs, time.perf_counter() - t0
+
+
+def run_native(scen, batches_n, test_entries, points, threads, seed):
+    """Native rehearsal on raw images of the first ``batches_n`` batches."""
+    from ros2_latent_replay.core import LearnerConfig
+    from peers.native_rehearsal import NativeRehearsal
+    nr = NativeRehearsal(LearnerConfig(threads=threads, seed=seed))
+    test_frames = scen.load_images(test_entries)
+    test_y = np.asarray([lab for _, lab in test_entries])
+    accs = []
+    t0 = time.perf_counter()
+    for i, batch in enumerate(scen.batches[:batches_n]):
+        nr.learn(scen.load_images(batch), [lab for _, lab in batch])
+        if i in points:
+            pred = np.asarray(nr.predict_labels(test_frames))
+            accs.append(float((pred == test_y).mean()))
+    return accs, time.perf_counter() - t0
+
+
+def run_stream_head(kind, data, batches, test, points, classes):
+    """NCM or streaming LDA on the pooled pretrained features."""
+    from peers.streaming_heads import NearestClassMean, StreamingLDA
+    feats, labels = data['features'].numpy(), data['labels'].numpy()
+    dim = feats.shape[1]
+    head = NearestClassMean(dim, classes) if kind == 'ncm' else \
+        StreamingLDA(dim, classes, shrinkage=float(kind.split('_')[1]) if '_' in kind else 1e-4)
+    accs = []
+    t0 = time.perf_counter()
+    for i, idx in enumerate(batches):
+        head.fit_batch(feats[idx], labels[idx])
+        if i in points:
+            accs.append(float((head.predict(feats[test]) == labels[test]).mean()))
+    return accs, time.perf_counter() - t0
+
+
+def main():
+    """Run the methods over the scenario runs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--scenario', choices=sorted(SCENARIOS), required=True)
+    parser.add_argument('--runs', default='0,1,2,3,4')
+    parser.add_argument('--methods', default=','.join(ALL_METHODS))
+    parser.add_argument('--max-batches', type=int, default=None)
+    parser.add_argument('--native-batches', type=int, default=40)
+    parser.add_argument('--cumulative-group', type=int, default=10)
+    parser.add_argument('--checkpoints', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--backbone', default='efficientnet_lite0')
+    parser.add_argument('--cut', default='blocks.5.1')
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    tune_malloc_now()
+    set_threads(args.threads)
+    out_name = args.out or f'accuracy_{args.scenario}.json'
+    rec = Recorder('accuracy', vars(args))
+    previous = {}
+    if (RESULTS / out_name).exists():
+        import json
+        previous = json.loads((RESULTS / out_name).read_text()).get('results', {})
+    results = previous
+    methods = [m for m in args.methods.split(',') if m]   # variants: name@key=v;key=v
+    for run in [int(r) for r in args.runs.split(',')]:
+        scen = scenario_of(args.scenario, run, args.max_batches)
+        data = encode_all(scen, args.backbone, args.cut, args.threads,
+                          f'{args.scenario}_run{run}_b{len(scen.batches)}')
+        batches, test = split(data, scen)
+        classes = int(data['labels'].max()) + 1
+        points = checkpoints_of(len(batches), args.checkpoints)
+        for method in methods:
+            key = f'run{run}'
+            if method.split('@')[0] in ('ar1_free', 'ar1', 'cwr'):
+                # 'ar1_free@lr_incremental=3e-4,epochs=4': a variant with config overrides
+                name, _, extra = method.partition('@')
+                overrides = {k: type(getattr(__import__('ros2_latent_replay.core.config',
+                                                        fromlist=['LearnerConfig'])
+                                             .LearnerConfig, k))(v)
+                             for k, v in (kv.split('=') for kv in extra.split(';') if kv)}
+                accs, sec = run_ours(name, data, batches, test, points, args.threads, run,
+                                     **overrides)
+                n_batches = len(batches)
+            elif method.startswith('av_'):
+                accs, sec = run_avalanche(method[3:], data, batches, test, points,
+                                          args.backbone, args.cut, classes,
+                                          args.cumulative_group, run)
+                n_batches = len(batches)
+            elif method == 'native':
+                n_batches = min(args.native_batches, len(batches))
+                npoints = checkpoints_of(n_batches, args.checkpoints)
+                accs, sec = run_native(scen, n_batches, scen.test, npoints, args.threads, run)
+            else:
+                accs, sec = run_stream_head(method, data, batches, test, points, classes)
+                n_batches = len(batches)
+            entry = {'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': accs,
+                     'seconds': sec, 'batches': n_batches,
+                     'load_average': list(os.getloadavg())}
+            results.setdefault(method, {})[key] = entry
+            print(f'{args.scenario} run{run} {method}: final {accs[-1]:.4f} mean '
+                  f'{np.mean(accs):.4f} ({sec:.0f} s, {n_batches} batches)', flush=True)
+            rec.write(out_name, results=results, summary=summarise(results))
+    rec.write(out_name, results=results, summary=summarise(results), complete=True)
+
+
+def summarise(results):
+    """Mean and std over runs of final and mean accuracy, per method (and batches used)."""
+    out = {}
+    for method, runs in results.items():
+        finals = [r['final'] for r in runs.values()]
+        means = [r['mean'] for r in runs.values()]
+        out[method] = {'runs': sorted(runs), 'n': len(finals),
+                       'final_mean': float(np.mean(finals)),
+                       'final_std': float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+                       'mean_mean': float(np.mean(means)),
+                       'mean_std': float(np.std(means, ddof=1)) if len(means) > 1 else 0.0,
+                       'batches': sorted({r['batches'] for r in runs.values()})}
+    return out
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,154 @@
+"""Figure 3: predict latency per frame, eager PyTorch vs ONNX Runtime, idle and learning.
+
+Batch 1; the learning step runs in another thread.
+
+Two learners with the default configuration, ``lower_runtime='torch'`` and
+``lower_runtime='onnxruntime'``, are taught real frames (memory filled to 1,500 latents).
+For each: ``predict(frame)`` on single 128x128 frames, first idle, then while ``learn()``
+runs a 300-frame episode (4 epochs, 1,500 replayed) in a background thread, as the node
+does. Latencies are per call (preprocessing + lower part + upper part + softmax). Threads:
+torch and ONNX Runtime intra-op threads set explicitly (``--threads``).
+"""
+
+import argparse
+import os
+import threading
+import time
+
+import numpy as np
+
+from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
+from learn_latency import Ours, observe_grouped
+
+
+def measure_idle(learner, frames, count):
+    """Latency of ``count`` single-frame predictions (after 10 warm-up calls)."""
+    for f in frames[:10]:
+        learner.predict(f[None])
+    out = []
+    for i in range(count):
+        f = frames[i % len(frames)]
+        t0 = time.perf_counter()
+        learner.predict(f[None])
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure_parts(learner, frames, count):
+    """Return per-call latency of a prediction's parts.
+
+    The parts: encode (preprocess + lower part), then upper part + softmax + top-k on the
+    latent (``predict_latents``).
+    """
+    encode, upper = [], []
+    for i in range(count):
+        f = frames[i % len(frames)][None]
+        t0 = time.perf_counter()
+        lat = learner.encode(f)
+        t1 = time.perf_counter()
+        learner.predict_latents(lat)
+        t2 = time.perf_counter()
+        encode.append(t1 - t0)
+        upper.append(t2 - t1)
+    return {'encode_ms': ms(encode), 'upper_softmax_topk_ms': ms(upper)}
+
+
+def measure_during_learn(learner, frames, ep_frames, ep_labels):
+    """Predict single frames continuously while ``learn()`` runs in a thread."""
+    observe_grouped(learner, ep_frames, ep_labels)
+    done = threading.Event()
+    info = {}
+
+    def work():
+        t0 = time.perf_counter()
+        info['stats'] = learner.learn()
+        info['seconds'] = time.perf_counter() - t0
+        done.set()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    out = []
+    i = 0
+    while not done.is_set():
+        f = frames[i % len(frames)]
+        i += 1
+        t0 = time.perf_counter()
+        learner.predict(f[None])
+        dt = time.perf_counter() - t0
+        if not done.is_set():   # only calls that overlapped the learning step
+            out.append(dt)
+    thread.join()
+    return out, info.get('seconds')
+
+
+def ms(values):
+    """Summary in milliseconds."""
+    s = summary([v * 1000.0 for v in values])
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+
+
+def main():
+    """Measure both lower-part runtimes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parse_common(parser)
+    parser.add_argument('--calls', type=int, default=None)
+    parser.add_argument('--learn-rounds', type=int, default=None)
+    parser.add_argument('--backends', default='onnxruntime,torch')
+    args = parser.parse_args()
+    calls = args.calls or (200 if args.quick else 1000)
+    learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
+        1 if args.quick else 2)
+    tune_malloc_now()
+    set_threads(args.threads)
+    rec = Recorder('predict_latency', {'threads_torch': args.threads,
+                                       'threads_onnxruntime': args.threads,
+                                       'calls_idle': calls, 'learn_rounds': learn_rounds,
+                                       'batch': 1, 'input_size': 128})
+    frames, labels = load_frames('clutter', 0, count=1500 + 300 * (2 * learn_rounds))
+    test, _ = load_frames('clutter', 0, count=200, test=True)
+    results = {}
+    for backend in args.backends.split(','):
+        from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+        ours = Ours.__new__(Ours)
+        ours.learner = ContinualLearner(LearnerConfig(threads=args.threads,
+                                                      lower_runtime=backend))
+        learner = ours.learner
+        learner.config.epochs = 1
+        observe_grouped(learner, frames[:1000], labels[:1000])
+        learner.learn()
+        observe_grouped(learner, frames[1000:1500], labels[1000:1500])
+        learner.learn()
+        learner.config.epochs = 4
+        idle = measure_idle(learner, test, calls)
+        parts = measure_parts(learner, test, calls)
+        busy, learn_s = [], []
+        base = 1500 + (0 if backend == 'onnxruntime' else 300 * learn_rounds)
+        for r in range(learn_rounds):
+            s, e = base + 300 * r, base + 300 * (r + 1)
+            lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
+            busy += lat
+            learn_s.append(sec)
+        idle_after = measure_idle(learner, test, calls // 2)
+        results[backend] = {
+            'backend_used': learner.lower_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
+            'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
+            'learn_seconds_with_predictions': learn_s,
+            'slowdown_p50': (float(np.median(busy)) / float(np.median(idle))) if busy
+            else None,
+            'load_average': list(os.getloadavg())}
+        print(backend, results[backend], flush=True)
+        learner.close()
+        rec.write(args.out or 'predict_latency.json', partial=True, results=results)
+    if 'onnxruntime' not in results or 'torch' not in results:
+        return
+    ort = results['onnxruntime']
+    floors = {'ort idle p50 <= 2 ms': ort['idle_ms']['p50'] <= 2.0,
+              'ort during-learn p50 <= 3x idle p50': (ort['slowdown_p50'] or 99) <= 3.0}
+    rec.write(args.out or 'predict_latency.json', partial=False, results=results,
+              eager_over_ort_idle_p50=results['torch']['idle_ms']['p50']
+              / ort['idle_ms']['p50'], floors_met=floors)
+    print(floors)
+
+
+if __name__ == '__main__':
+    main()

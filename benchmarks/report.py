@@ -1,0 +1,283 @@
+"""Turn benchmarks/results/*.json into Markdown tables (results/tables.md) and PNG plots.
+
+Run after any benchmark: ``python benchmarks/report.py``. Missing result files are skipped.
+"""
+
+import json
+
+import numpy as np
+from common import RESULTS
+
+MB = 1e6
+
+
+def load(name):
+    """Return a result file as a dict (None when absent)."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(v, digits=2):
+    """Format a number or '-'."""
+    if v is None:
+        return '-'
+    if isinstance(v, float):
+        return f'{v:.{digits}f}'
+    return str(v)
+
+
+def context(d):
+    """One line of context: threads, load before/after, commit."""
+    m = d['machine']
+    return (f"_{m['cpu_model']}, {m['cores']} cores; load average before "
+            f"{m['load_average'][0]:.1f}, after {d['load_average_after'][0]:.1f}; "
+            f"settings {json.dumps(d['settings'])}; torch {d['versions'].get('torch')}, "
+            f"onnxruntime {d['versions'].get('onnxruntime')}, commit "
+            f"{d['versions'].get('package_commit', '')[:12]}; {d['date_utc']}_")
+
+
+def md_table(header, rows):
+    """Markdown table text."""
+    out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    out += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+    return '\n'.join(out)
+
+
+def learn_latency(plt, parts):
+    """Render the figure 1 table and plot."""
+    d = load('learn_latency.json')
+    if not d:
+        return
+    if 'ratios' not in d:   # interrupted run: summarise the rounds it completed
+        from common import summary
+        raw = d['seconds']
+        d['names'] = {'ours': 'ours (latent replay, default)', 'ar1': 'Avalanche AR1',
+                      'native': 'native rehearsal (our code)'}
+        d['ratios'] = {f'{k}_over_ours': {'median': float(np.median(
+            [p / o for o, p in zip(raw['ours'], raw[k])]))} for k in ('ar1', 'native')
+            if k in raw}
+        d['seconds'] = {k: summary(v) for k, v in raw.items()}
+        d['floors_met'] = {
+            'ar1_over_ours >= 4': d['ratios'].get('ar1_over_ours', {}).get('median', 0) >= 4,
+            'native_over_ours >= 6':
+                d['ratios'].get('native_over_ours', {}).get('median', 0) >= 6}
+    names = d['names']
+    rows = []
+    for key in ('ours', 'ar1', 'native'):
+        if key not in d['seconds']:
+            continue
+        s = d['seconds'][key]
+        ratio = 1.0 if key == 'ours' else d['ratios'].get(f'{key}_over_ours', {}).get('median')
+        rows.append([names[key], fmt(s['p50']), fmt(s['min']), fmt(s['max']), s['n'],
+                     fmt(ratio, 1) + 'x'])
+    floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
+    parts.append('## Figure 1: learn latency of one 300-frame episode\n\n' + md_table(
+        ['method', 'median s', 'min s', 'max s', 'rounds', 'time / ours'], rows)
+        + f'\n\nFloors: {floors}.\n\n' + context(d))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    keys = [k for k in ('ours', 'ar1', 'native') if k in d['seconds']]
+    ax.barh([names[k] for k in keys], [d['seconds'][k]['p50'] for k in keys], color='C0')
+    ax.set_xlabel('seconds per 300-frame episode (median)')
+    fig.tight_layout()
+    fig.savefig(RESULTS / 'learn_latency.png', dpi=110)
+    plt.close(fig)
+
+
+def predict_latency(plt, parts):
+    """Render the figure 3 table and plot."""
+    d = load('predict_latency.json')
+    if not d or 'floors_met' not in d:
+        return
+    rows = []
+    for backend, r in d['results'].items():
+        rows.append([backend, fmt(r['idle_ms']['p50']), fmt(r['idle_ms']['p99']),
+                     fmt(r['during_learn_ms'].get('p50')), fmt(r['during_learn_ms'].get('p99')),
+                     r['during_learn_ms'].get('n'), fmt(r['slowdown_p50'], 2) + 'x'])
+    floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
+    parts.append('## Figure 3: predict latency per frame (batch 1, ms)\n\n' + md_table(
+        ['lower part runs on', 'idle p50', 'idle p99', 'learning p50', 'learning p99',
+         'calls during learning', 'slowdown p50'], rows)
+        + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x. "
+        f'Floors: {floors}.\n\n' + context(d))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels, vals = [], []
+    for backend, r in d['results'].items():
+        for phase, key in (('idle', 'idle_ms'), ('learning', 'during_learn_ms')):
+            labels.append(f'{backend} {phase}')
+            vals.append(r[key].get('p50', 0))
+    ax.barh(labels, vals, color='C1')
+    ax.set_xlabel('predict latency p50 (ms)')
+    fig.tight_layout()
+    fig.savefig(RESULTS / 'predict_latency.png', dpi=110)
+    plt.close(fig)
+
+
+def memory(plt, parts):
+    """Render the figure 5 tables."""
+    d = load('memory.json')
+    if not d:
+        return
+    rows = [[r['backbone'], r['cut'], 'x'.join(map(str, r['latent_shape'])), r['storage'],
+             r['bytes_per_pattern'], fmt(r['bytes_1500'] / MB, 2), fmt(r['shm_segment_bytes']
+                                                                       / MB, 2)]
+            for r in d['storage']]
+    ar1 = d.get('avalanche_ar1', {})
+    if ar1.get('available'):
+        rows.append(['Avalanche AR1 (MobileNetV1)', 'lat_features.19 (conv5_4/dw)',
+                     'x'.join(map(str, ar1['latent_shape'])), 'float32',
+                     ar1['bytes_per_pattern'], fmt(ar1['bytes_1500'] / MB, 2), '-'])
+    text = ('## Figure 5: replay memory for 1,500 patterns\n\n' + md_table(
+        ['backbone', 'cut', 'latent', 'storage', 'bytes/pattern', 'MB (1,500)',
+         'shared-memory segment MB'], rows))
+    if 'floors_met' in d:
+        floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}"
+                           for k, v in d['floors_met'].items())
+        text += (f"\n\nThe paper's float32 store at conv5_4/dw is "
+                 f"{d['paper_over_default']:.1f}x the default uint8 store. Floors: {floors}.")
+    rss = d.get('learner_process_rss') or {}
+    if rss:
+        rrows = [[k, fmt(v.get('constructed_rss', 0) / MB, 0),
+                  fmt(v.get('memory_full_rss', 0) / MB, 0),
+                  fmt(v.get('after_learn_rss', 0) / MB, 0), fmt(v.get('peak_rss', 0) / MB, 0)]
+                 for k, v in rss.items() if 'error' not in v]
+        text += '\n\nResident memory of a learner process (MB):\n\n' + md_table(
+            ['lower part runs on', 'after construction', 'memory full', 'after a learn',
+             'peak'], rrows)
+    parts.append(text + '\n\n' + context(d))
+
+
+def accuracy(plt, parts):
+    """Render the figure 7 tables and plots."""
+    for scen, title in (('clutter', 'COIL-100 clutter NIC'), ('nic_coil', 'COIL-100 NIC_coil')):
+        d = load(f'accuracy_{scen}.json')
+        if not d:
+            continue
+        rows = []
+        for method, s in d['summary'].items():
+            rows.append([method, f"{100 * s['final_mean']:.1f} ± {100 * s['final_std']:.1f}",
+                         f"{100 * s['mean_mean']:.1f} ± {100 * s['mean_std']:.1f}", s['n'],
+                         ','.join(map(str, s['batches']))])
+        parts.append(f'## Figure 7: accuracy, {title} (%, mean ± std over runs)\n\n'
+                     + md_table(['method', 'final', 'mean over the stream', 'runs',
+                                 'batches'], rows) + '\n\n' + context(d))
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ms = list(d['summary'])
+        ax.bar(ms, [100 * d['summary'][m]['final_mean'] for m in ms],
+               yerr=[100 * d['summary'][m]['final_std'] for m in ms], color='C2', capsize=3)
+        ax.set_ylabel('final accuracy %')
+        ax.set_title(title)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha='right')
+        fig.tight_layout()
+        fig.savefig(RESULTS / f'accuracy_{scen}.png', dpi=110)
+        plt.close(fig)
+
+
+def layer_table(plt, parts):
+    """Render the figure 2 table and plot."""
+    d = load('layer_table.json')
+    if not d:
+        return
+    rows = []
+    for r in d['rows']:
+        acc = r.get('accuracy')
+        rows.append([r['backbone'] + (' (random init)' if r['random_init'] else ''), r['cut'],
+                     'x'.join(map(str, r['latent_shape'])), r['bytes_per_pattern']['uint8'],
+                     r['bytes_per_pattern']['float16'], r['bytes_per_pattern']['float32'],
+                     fmt(r.get('learn_seconds_median')),
+                     fmt(100 * acc['final'], 1) if acc else '-',
+                     fmt(100 * acc['mean'], 1) if acc else '-'])
+    parts.append('## Figure 2: the layer table (paper Table I) on our backbones\n\n' + md_table(
+        ['backbone', 'cut', 'latent', 'B/pattern uint8', 'B/pattern fp16', 'B/pattern fp32',
+         'learn s / episode', 'final acc %', 'mean acc %'], rows) + '\n\n' + context(d))
+    lite = [r for r in d['rows'] if r['backbone'] == 'efficientnet_lite0']
+    if lite:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        cuts = [r['cut'] for r in lite]
+        ax.plot(cuts, [r.get('learn_seconds_median', 0) for r in lite], 'o-', label='learn s')
+        ax.set_ylabel('learn seconds / episode')
+        ax2 = ax.twinx()
+        ax2.plot(cuts, [100 * r['accuracy']['final'] if r.get('accuracy') else None
+                        for r in lite], 's--', color='C3', label='final acc')
+        ax2.set_ylabel('final accuracy %')
+        plt.setp(ax.get_xticklabels(), rotation=30, ha='right')
+        ax.set_title('EfficientNet-Lite0: cut vs learn time and accuracy')
+        fig.tight_layout()
+        fig.savefig(RESULTS / 'layer_table.png', dpi=110)
+        plt.close(fig)
+
+
+def node(plt, parts):
+    """Render the figure 4 table."""
+    d = load('node_throughput.json')
+    if not d:
+        return
+    rows = []
+    for size, r in d['results'].items():
+        if 'error' in r:
+            rows.append([size, 'error', r['error'][:80], '', '', '', '', ''])
+            continue
+        for phase in ('idle', 'learning'):
+            w = r[phase]
+            lat = w['latency_stamp_to_prediction_ms']
+            rows.append([size, phase, fmt(w.get('frames_received_per_s')),
+                         w.get('dropped_in_transport', '-'),
+                         w.get('node_frames_dropped', '-'), fmt(w['predictions_per_s']),
+                         fmt(lat.get('p50'), 1), fmt(lat.get('p99'), 1)])
+        rows.append([size, 'node RSS MB', fmt(r['node_rss_bytes'] / MB, 0),
+                     'peak ' + fmt(r['node_peak_rss_bytes'] / MB, 0), '', '', '', ''])
+    parts.append('## Figure 4: node throughput, 30 fps camera in another process\n\n'
+                 + md_table(['image', 'phase', 'frames received/s', 'dropped in transport',
+                             'dropped by node', 'predictions/s', 'latency p50 ms',
+                             'latency p99 ms'], rows) + '\n\n' + context(d))
+
+
+def scaling(plt, parts):
+    """Render the figure 6 tables and plot."""
+    d = load('scaling.json')
+    if not d:
+        return
+    text = '## Figure 6: scaling\n\n'
+    if d.get('vs_classes'):
+        text += md_table(['classes', 'learn s (300 frames)', 'replay MB', 'RSS MB'],
+                         [[r['classes'], fmt(r['learn_seconds_300']),
+                           fmt(r['replay_bytes'] / MB), fmt(r['rss_bytes'] / MB, 0)]
+                          for r in d['vs_classes']]) + '\n\n'
+    if d.get('vs_batches'):
+        text += md_table(['batches seen', 'learn s (300 frames)', 'replay fill', 'replay MB',
+                          'RSS MB'],
+                         [[r['batches_seen'], fmt(r['learn_seconds_300']), r['replay_fill'],
+                           fmt(r['replay_bytes'] / MB), fmt(r['rss_bytes'] / MB, 0)]
+                          for r in d['vs_batches']]) + '\n\n'
+    parts.append(text + context(d))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    if d.get('vs_classes'):
+        axes[0].plot([r['classes'] for r in d['vs_classes']],
+                     [r['learn_seconds_300'] for r in d['vs_classes']], 'o-')
+        axes[0].set_xlabel('classes')
+        axes[0].set_ylabel('learn s / 300-frame episode')
+    if d.get('vs_batches'):
+        axes[1].plot([r['batches_seen'] for r in d['vs_batches']],
+                     [r['learn_seconds_300'] for r in d['vs_batches']], 'o-')
+        axes[1].set_xlabel('batches seen')
+    fig.tight_layout()
+    fig.savefig(RESULTS / 'scaling.png', dpi=110)
+    plt.close(fig)
+
+
+def main():
+    """Render every figure."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    parts = []
+    for fn in (learn_latency, layer_table, predict_latency, node, memory, scaling, accuracy):
+        try:
+            fn(plt, parts)
+        except Exception as exc:  # noqa: B902 - one broken file must not hide the others
+            parts.append(f'## {fn.__name__}: could not render ({type(exc).__name__}: {exc})')
+    (RESULTS / 'tables.md').write_text('\n\n'.join(parts) + '\n')
+    print((RESULTS / 'tables.md').read_text())
+
+
+if __name__ == '__main__':
+    main()
