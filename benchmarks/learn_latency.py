@@ -20,6 +20,7 @@ venv (Avalanche): ``$BENCH_PYTHON benchmarks/learn_latency.py``.
 """
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -44,9 +45,14 @@ class Ours:
 
     name = 'ours (latent replay, default)'
 
-    def __init__(self, threads, setup_frames, setup_labels, episode, replay=1500, epochs=4):
+    def __init__(self, threads, setup_frames, setup_labels, episode, replay=1500, epochs=4,
+                 cut=None):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-        self.learner = ContinualLearner(LearnerConfig(threads=threads, replay_size=replay))
+        extra = {'latent_layer': cut} if cut else {}
+        self.learner = ContinualLearner(LearnerConfig(threads=threads, replay_size=replay,
+                                                      **extra))
+        if cut:
+            self.name = f'ours at {cut} (default otherwise)'
         self.learner.config.epochs = 1
         cap = self.learner.replay_capacity
         half = min(1000, cap * 2 // 3)
@@ -156,6 +162,8 @@ def main():
     parser.add_argument('--replay', type=int, default=None)
     parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--skip', default='', help='comma list: ours,ar1,native')
+    parser.add_argument('--alt-cut', default='',
+                        help='also time ours at this latent layer (method ours_alt)')
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     if args.quick:   # smoke check: a smaller episode and memory, 1 epoch
@@ -174,7 +182,10 @@ def main():
     skip = set(filter(None, args.skip.split(',')))
     methods = {}
     build = {}
-    for key, cls in (('ours', Ours), ('ar1', AvalancheAR1), ('native', Native)):
+    todo = [('ours', Ours), ('ar1', AvalancheAR1), ('native', Native)]
+    if args.alt_cut:
+        todo.insert(1, ('ours_alt', functools.partial(Ours, cut=args.alt_cut)))
+    for key, cls in todo:
         if key in skip:
             continue
         t0 = time.perf_counter()
@@ -191,13 +202,17 @@ def main():
         partial = {key: [o['seconds'] for o in v] for key, v in runs.items()}
         rec.write(args.out or 'learn_latency.json', partial=True, seconds=partial, runs=runs)
     ratios = {}
-    for peer in ('ar1', 'native'):
+    for peer in ('ar1', 'native', 'ours_alt'):
         if 'ours' in runs and peer in runs:
             per_round = [p['seconds'] / o['seconds'] for o, p in zip(runs['ours'], runs[peer])]
             ratios[f'{peer}_over_ours'] = {'per_round': per_round,
                                            'median': float(np.median(per_round))}
     floors = {'ar1_over_ours >= 4': ratios.get('ar1_over_ours', {}).get('median', 0) >= 4,
               'native_over_ours >= 6': ratios.get('native_over_ours', {}).get('median', 0) >= 6}
+    if 'ours_alt' in runs and 'ar1' in runs:
+        per_round = [p['seconds'] / o['seconds'] for o, p in zip(runs['ours_alt'], runs['ar1'])]
+        ratios['ar1_over_ours_alt'] = {'per_round': per_round,
+                                       'median': float(np.median(per_round))}
     result = rec.write(args.out or 'learn_latency.json', partial=False,
                        names={k: m.name for k, m in methods.items()},
                        setup_seconds=build, runs=runs,

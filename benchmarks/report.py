@@ -152,14 +152,37 @@ def accuracy(plt, parts):
         d = load(f'accuracy_{scen}.json')
         if not d:
             continue
+        for extra in ('cumulative', 'native', 'variants'):   # separate runs, own files
+            more = load(f'accuracy_{scen}_{extra}.json')
+            if more:
+                d['summary'].update(more['summary'])
         rows = []
         for method, s in d['summary'].items():
             rows.append([method, f"{100 * s['final_mean']:.1f} ± {100 * s['final_std']:.1f}",
                          f"{100 * s['mean_mean']:.1f} ± {100 * s['mean_std']:.1f}", s['n'],
                          ','.join(map(str, s['batches']))])
-        parts.append(f'## Figure 7: accuracy, {title} (%, mean ± std over runs)\n\n'
-                     + md_table(['method', 'final', 'mean over the stream', 'runs',
-                                 'batches'], rows) + '\n\n' + context(d))
+        text = (f'## Figure 7: accuracy, {title} (%, mean ± std over runs)\n\n'
+                + md_table(['method', 'final', 'mean over the stream', 'runs', 'batches'],
+                           rows))
+        native = load(f'accuracy_{scen}_native.json')
+        if native and 'ar1_free' in d['results']:
+            from accuracy import checkpoints_of
+            cmp_rows = []
+            for run, nat in native['results'].get('native', {}).items():
+                ours = d['results']['ar1_free'].get(run)
+                if not ours:
+                    continue
+                points = sorted(checkpoints_of(ours['batches'], 10))
+                at = nat['batches'] - 1
+                if at in points:
+                    cmp_rows.append([run, nat['batches'],
+                                     f"{100 * ours['curve'][points.index(at)]:.1f}",
+                                     f"{100 * nat['final']:.1f}"])
+            if cmp_rows:
+                header = ['run', 'batches', 'ar1_free', 'native rehearsal']
+                text += ('\n\nOurs (ar1_free) vs native rehearsal after the same number of '
+                         'batches (%):\n\n' + md_table(header, cmp_rows))
+        parts.append(text + '\n\n' + context(d))
         fig, ax = plt.subplots(figsize=(7, 3.2))
         ms = list(d['summary'])
         ax.bar(ms, [100 * d['summary'][m]['final_mean'] for m in ms],
