@@ -234,7 +234,7 @@ def main():
                                              .LearnerConfig, k))(v)
                              for k, v in (kv.split('=') for kv in extra.split(';') if kv)}
                 accs, sec = run_ours(name, data, batches, test, points, args.threads, run,
-                                     **overrides)
+                                     backbone=args.backbone, cut=args.cut, **overrides)
                 n_batches = len(batches)
             elif method.startswith('av_'):
                 accs, sec = run_avalanche(method[3:], data, batches, test, points,

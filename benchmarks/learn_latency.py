@@ -76,7 +76,8 @@ class Ours:
                 'new_per_minibatch': stats['new_per_minibatch'],
                 'replay_per_minibatch': stats['replay_per_minibatch'],
                 'replay_fill': stats['replay_fill'], 'lower_backend':
-                self.learner.lower_backend}
+                self.learner.lower_backend,
+                'latent_layer': self.learner.stats()['latent_layer']}
 
 
 class AvalancheAR1:

@@ -48,11 +48,12 @@ print('RESULT' + json.dumps(out))
 
 def storage_table():
     """Bytes per pattern and per 1,500 patterns at the default cut and at conv5_4/dw."""
-    from ros2_latent_replay.core.backbones import build_backbone
+    from ros2_latent_replay.core.backbones import build_backbone, default_cut
     from ros2_latent_replay.core.latent_codec import bytes_per_pattern
     from ros2_latent_replay.core.replay_buffer import SharedReplayBuffer
     rows = []
-    cuts = [('efficientnet_lite0', 'blocks.5.1', False), ('mobilenet_v1', 'conv5_4/dw', True)]
+    cuts = [('efficientnet_lite0', default_cut('efficientnet_lite0'), False),
+            ('mobilenet_v1', 'conv5_4/dw', True)]
     for name, cut, random_init in cuts:
         backbone = build_backbone(name, cut=cut, random_init=random_init)
         shape = tuple(backbone.latent_shape)
@@ -113,7 +114,8 @@ def main():
     print('avalanche', ar1, flush=True)
     rec.write(args.out or 'memory.json', partial=True, storage=rows, avalanche_ar1=ar1)
     rss = {} if args.no_rss else process_rss(args.threads)
-    default = next(r for r in rows if r['cut'] == 'blocks.5.1' and r['storage'] == 'uint8')
+    default = next(r for r in rows if r['backbone'] == 'efficientnet_lite0'
+                   and r['storage'] == 'uint8')
     paper = next(r for r in rows if r['cut'] == 'conv5_4/dw' and r['storage'] == 'float32')
     floors = {'default uint8 1500 <= 8 MB': default['bytes_1500'] <= 8_000_000}
     rec.write(args.out or 'memory.json', partial=False, storage=rows, avalanche_ar1=ar1,

@@ -71,9 +71,26 @@ def learn_latency(plt, parts):
         rows.append([names[key], fmt(s['p50']), fmt(s['min']), fmt(s['max']), s['n'],
                      fmt(ratio, 1) + 'x'])
     floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
+    every = []
+    for path in sorted(RESULTS.glob('learn_latency*.json')):
+        other = json.loads(path.read_text())
+        runs = other.get('runs', {})
+        for r, ours in enumerate(runs.get('ours', [])):
+            cut = ours.get('latent_layer') or other.get('ours_latent_layer', '?')
+            row = [path.name, other['settings'].get('threads'), cut, r, f"{ours['seconds']:.1f}"]
+            for peer in ('ar1', 'native'):
+                peer_runs = runs.get(peer, [])
+                row.append(f"{peer_runs[r]['seconds'] / ours['seconds']:.2f}x"
+                           if r < len(peer_runs) else '-')
+            row.append(f"{ours['load_average'][0]:.1f}")
+            every.append(row)
     parts.append('## Figure 1: learn latency of one 300-frame episode\n\n' + md_table(
         ['method', 'median s', 'min s', 'max s', 'rounds', 'time / ours'], rows)
-        + f'\n\nFloors: {floors}.\n\n' + context(d))
+        + f'\n\nFloors (median of this run\'s rounds): {floors}.\n\n' + context(d)
+        + '\n\nEvery same-run round in results/ (ratio = peer time / ours in that round):\n\n'
+        + md_table(['file', 'threads', 'our cut', 'round', 'ours s', 'AR1 / ours',
+                    'native / ours',
+                    'load (1 min)'], every))
     fig, ax = plt.subplots(figsize=(6, 3))
     keys = [k for k in ('ours', 'ar1', 'native') if k in d['seconds']]
     ax.barh([names[k] for k in keys], [d['seconds'][k]['p50'] for k in keys], color='C0')
@@ -152,34 +169,50 @@ def accuracy(plt, parts):
         d = load(f'accuracy_{scen}.json')
         if not d:
             continue
-        for extra in ('cumulative', 'native', 'variants'):   # separate runs, own files
+        ours_runs = {}
+        for extra in ('cumulative', 'native', 'cut51', 'cut53'):   # separate runs, own files
             more = load(f'accuracy_{scen}_{extra}.json')
-            if more:
+            if not more:
+                continue
+            if extra.startswith('cut'):   # our learner at an explicit cut
+                cut = more['settings']['cut']
+                for method, value in more['summary'].items():
+                    d['summary'][f'{method} ({cut})'] = value
+                    ours_runs[f'{method} ({cut})'] = more['results'][method]
+            else:
                 d['summary'].update(more['summary'])
         rows = []
         for method, s in d['summary'].items():
-            rows.append([method, f"{100 * s['final_mean']:.1f} ± {100 * s['final_std']:.1f}",
-                         f"{100 * s['mean_mean']:.1f} ± {100 * s['mean_std']:.1f}", s['n'],
+            spread = (lambda k: f" ± {100 * s[k]:.1f}") if s['n'] > 1 else (lambda k: '')
+            rows.append([method, f"{100 * s['final_mean']:.1f}{spread('final_std')}",
+                         f"{100 * s['mean_mean']:.1f}{spread('mean_std')}", s['n'],
                          ','.join(map(str, s['batches']))])
         text = (f'## Figure 7: accuracy, {title} (%, mean ± std over runs)\n\n'
                 + md_table(['method', 'final', 'mean over the stream', 'runs', 'batches'],
                            rows))
+        short = load(f'accuracy_{scen}_b14.json')
+        if short:
+            srows = [[m, f"{100 * s['final_mean']:.1f}", f"{100 * s['mean_mean']:.1f}", s['n']]
+                     for m, s in short['summary'].items()]
+            text += ('\n\nFirst 14 batches only ('
+                     '%):\n\n' + md_table(['method', 'final', 'mean', 'runs'], srows))
         native = load(f'accuracy_{scen}_native.json')
-        if native and 'ar1_free' in d['results']:
+        if native:
             from accuracy import checkpoints_of
             cmp_rows = []
             for run, nat in native['results'].get('native', {}).items():
-                ours = d['results']['ar1_free'].get(run)
-                if not ours:
-                    continue
-                points = sorted(checkpoints_of(ours['batches'], 10))
-                at = nat['batches'] - 1
-                if at in points:
-                    cmp_rows.append([run, nat['batches'],
-                                     f"{100 * ours['curve'][points.index(at)]:.1f}",
-                                     f"{100 * nat['final']:.1f}"])
+                for name, runs in ours_runs.items():
+                    ours = runs.get(run)
+                    if not ours or not name.startswith('ar1_free'):
+                        continue
+                    points = sorted(checkpoints_of(ours['batches'], 10))
+                    at = nat['batches'] - 1
+                    if at in points:
+                        cmp_rows.append([run, nat['batches'], name,
+                                         f"{100 * ours['curve'][points.index(at)]:.1f}",
+                                         f"{100 * nat['final']:.1f}"])
             if cmp_rows:
-                header = ['run', 'batches', 'ar1_free', 'native rehearsal']
+                header = ['run', 'batches', 'ours', 'ours %', 'native rehearsal %']
                 text += ('\n\nOurs (ar1_free) vs native rehearsal after the same number of '
                          'batches (%):\n\n' + md_table(header, cmp_rows))
         parts.append(text + '\n\n' + context(d))
@@ -188,7 +221,7 @@ def accuracy(plt, parts):
         ax.bar(ms, [100 * d['summary'][m]['final_mean'] for m in ms],
                yerr=[100 * d['summary'][m]['final_std'] for m in ms], color='C2', capsize=3)
         ax.set_ylabel('final accuracy %')
-        ax.set_title(title)
+        ax.set_title(f'{title}: early stretch of run0 (batches per bar in the table)')
         plt.setp(ax.get_xticklabels(), rotation=30, ha='right')
         fig.tight_layout()
         fig.savefig(RESULTS / f'accuracy_{scen}.png', dpi=110)
@@ -216,12 +249,14 @@ def layer_table(plt, parts):
     if lite:
         fig, ax = plt.subplots(figsize=(7, 3.2))
         cuts = [r['cut'] for r in lite]
-        ax.plot(cuts, [r.get('learn_seconds_median', 0) for r in lite], 'o-', label='learn s')
+        ax.plot(cuts, [r.get('learn_seconds_median', float('nan')) for r in lite], 'o-',
+                label='learn s / episode (left)')
         ax.set_ylabel('learn seconds / episode')
         ax2 = ax.twinx()
-        ax2.plot(cuts, [100 * r['accuracy']['final'] if r.get('accuracy') else None
-                        for r in lite], 's--', color='C3', label='final acc')
+        ax2.plot(cuts, [100 * r['accuracy']['final'] if r.get('accuracy') else float('nan')
+                        for r in lite], 's--', color='C3', label='final acc % (right)')
         ax2.set_ylabel('final accuracy %')
+        fig.legend(loc='upper right', fontsize=8)
         plt.setp(ax.get_xticklabels(), rotation=30, ha='right')
         ax.set_title('EfficientNet-Lite0: cut vs learn time and accuracy')
         fig.tight_layout()

@@ -237,11 +237,8 @@ def run(source: str = 'auto', objects: int = 5, train_views: int = 12, test_view
             client.publish_label(name)
             client.wait_until(lambda n=name: client.status.get('label') == n, 10.0, spin)
             for frame in train:
-                client.image_pub.publish(image_message(frame, stamp_ns=stamp))
+                collected = _teach_frame(client, frame, stamp, collected, spin)
                 stamp += 1
-                spin(0.03)
-            client.wait_until(lambda c=collected: int(client.status.get(
-                'frames_collected', 0)) >= c + len(train), 5.0, spin)
             client.publish_label('')
             client.wait_until(lambda: client.status.get('label') == '', 10.0, spin)
             ok, body = client.call('learn', spin)
@@ -279,6 +276,21 @@ def run(source: str = 'auto', objects: int = 5, train_views: int = 12, test_view
           f'(chance {1 / max(1, len(views)):.0%}); demo took '
           f'{time.monotonic() - started:.0f} s')
     return accuracy
+
+
+def _teach_frame(client: TeachingClient, frame: np.ndarray, stamp: int, collected: int,
+                 spin: Callable[[float], None], attempts: int = 5) -> int:
+    """Publish one teaching frame until the node's diagnostics count it; return the count.
+
+    The node subscribes to images best effort with a short queue, as camera topics are; a
+    frame that arrives while its executor is busy can be lost, so it is sent again.
+    """
+    for _ in range(attempts):
+        client.image_pub.publish(image_message(frame, stamp_ns=stamp))
+        if client.wait_until(lambda: int(client.status.get('frames_collected', 0)) > collected,
+                             3.0, spin):
+            return int(client.status['frames_collected'])
+    raise TimeoutError(f'the node did not collect a teaching frame in {attempts} attempts')
 
 
 def _predict_frame(client: TeachingClient, frame: np.ndarray, stamp: int,

@@ -25,7 +25,7 @@ IMAGES = DATA / 'coil100' / 'images'
 # a quick configuration: cut near the top, one epoch, one thread (the method is unchanged);
 # lr_incremental is raised so that new classes show up in the accuracy within 3 batches
 FAST = dict(latent_layer='blocks.6.0', epochs=1, threads=1, lr_incremental=1e-3)
-TIMING = ('encode_seconds', 'train_seconds', 'learn_seconds', 'eval_seconds')
+TIMING = ('encode_seconds', 'train_seconds', 'learn_seconds', 'eval_seconds', 'wall_seconds')
 
 torch.set_num_threads(1)
 
@@ -93,6 +93,25 @@ def test_runs_are_deterministic_for_a_seed(default_run, scenario):
         [b['loss'] for b in default_run['batches']]
     # eval_every=3: tested only after the last batch
     assert ['accuracy' in b for b in other_seed['batches']] == [False, False, True]
+
+
+def test_an_interrupted_run_resumes_with_the_same_results(default_run, scenario, tmp_path):
+    state = tmp_path / 'progress.pt'
+    seen = []
+
+    def interrupt_after_two(record):
+        seen.append(record)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(ScenarioSource(scenario, test_stride=8), LearnerConfig(**FAST),
+                 progress=False, on_batch=interrupt_after_two, state_file=state)
+    resumed = evaluate(ScenarioSource(scenario, test_stride=8), LearnerConfig(**FAST),
+                       progress=False, state_file=state,
+                       resume={'batches': seen, 'wall_seconds': seen[-1]['wall_seconds']})
+    assert resumed['resumed'] and _without_timing(resumed) == _without_timing(default_run)
+    assert resumed['final_accuracy'] == default_run['final_accuracy']
 
 
 def test_the_offline_path_is_the_nodes_path(default_run, scenario):
@@ -209,6 +228,12 @@ def test_cli_writes_results_and_plot(scenario, tmp_path, capsys):
     assert (out / 'accuracy.png').stat().st_size > 10_000
     assert not (out / 'progress.json').exists()     # only while a run is in progress
     assert 'final_accuracy' in capsys.readouterr().out
+    first = document['runs']
+    assert eval_cli.main(['--scenario', str(RUN0), '--images', str(IMAGES), '--out', str(out),
+                          '--config', str(config), '--strategy', 'ar1_free',
+                          '--strategy', 'naive', '--max-batches', '2', '--test-stride', '16',
+                          '--seed', '1', '--no-progress', '--resume']) == 0
+    assert json.loads((out / 'results.json').read_text())['runs'] == first   # nothing rerun
     merged = tmp_path / 'merged'
     assert eval_cli.main(['--merge', str(out / 'results.json'), str(out / 'results.json'),
                           '--out', str(merged)]) == 0

@@ -263,14 +263,19 @@ def _accuracy(predicted: Sequence[str], truth: Sequence[str]) -> float:
 
 def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'default',
              eval_every: int = 1, cache: Optional[LatentCache] = None,
-             progress: bool = True, on_batch: Optional[Callable[[Dict[str, Any]], None]] = None
-             ) -> Dict[str, Any]:
+             progress: bool = True, on_batch: Optional[Callable[[Dict[str, Any]], None]] = None,
+             state_file=None, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run every training batch of ``source`` through a fresh learner; test as it goes.
 
     ``source`` provides ``num_batches``, ``batch_labels(i)``, ``load_batch(i)``,
     ``test_labels``, ``load_test()`` and ``describe()`` (:class:`ScenarioSource` or a bag
     source). The test set is classified after every ``eval_every``-th batch and after the
     last one. Returns the run's record (see :func:`write_results` for the layout).
+
+    With ``state_file`` the learner's whole state is saved there after every batch;
+    ``resume`` (``{'batches': records so far, 'wall_seconds': ...}``) continues a run from
+    that file, with the same results as an uninterrupted run (the learner's randomness is
+    seeded per step).
     """
     from .learner import ContinualLearner
 
@@ -286,7 +291,18 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
     learner = ContinualLearner(config)
     batches: List[Dict[str, Any]] = []
     totals = {'encode': 0.0, 'train': 0.0, 'eval': 0.0}
+    earlier_wall = 0.0
     try:
+        if resume:
+            batches = [dict(b) for b in resume['batches']]
+            learner.load(str(state_file))
+            if learner.steps != sum(1 for b in batches if b.get('learned')):
+                raise InputError(f'{state_file} holds {learner.steps} steps but the progress '
+                                 f'file {sum(1 for b in batches if b.get("learned"))}')
+            for key, field_name in (('encode', 'encode_seconds'), ('train', 'train_seconds'),
+                                    ('eval', 'eval_seconds')):
+                totals[key] = sum(b.get(field_name, 0.0) for b in batches)
+            earlier_wall = float(resume.get('wall_seconds', 0.0))
         test_truth = [normalize_label(t, config.max_label_length) for t in source.test_labels]
         test_latents = None
         if frozen:
@@ -300,8 +316,10 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
             test_truth = [normalize_label(t, config.max_label_length) for t in loaded]
         bar = _progress(source.num_batches, f'{name} {getattr(source, "name", "")}'.strip(),
                         progress)
+        if bar is not None and batches:
+            bar.update(len(batches))
         try:
-            for index in range(source.num_batches):
+            for index in range(len(batches), source.num_batches):
                 record = _one_batch(learner, source, index, config, cache, frozen, totals)
                 last = index == source.num_batches - 1
                 if record.get('learned') and ((index + 1) % int(eval_every) == 0 or last):
@@ -311,6 +329,9 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
                     record['eval_seconds'] = round(time.perf_counter() - t0, 4)
                     totals['eval'] += record['eval_seconds']
                 batches.append(record)
+                if state_file is not None:
+                    learner.save(str(state_file))
+                record['wall_seconds'] = round(earlier_wall + time.perf_counter() - started, 3)
                 if on_batch is not None:
                     on_batch(record)
                 if bar is not None:
@@ -344,7 +365,8 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
         'total_train_seconds': round(totals['train'], 3),
         'total_encode_seconds': round(totals['encode'], 3),
         'total_eval_seconds': round(totals['eval'], 3),
-        'wall_seconds': round(time.perf_counter() - started, 3),
+        'wall_seconds': round(earlier_wall + time.perf_counter() - started, 3),
+        'resumed': bool(resume),
     }
 
 
@@ -412,13 +434,16 @@ def _test_accuracy(learner: Any, source: Any, test_latents: Any,
 def compare(sources: Sequence[Any], configs: Sequence[Tuple[str, LearnerConfig]],
             eval_every: int = 1, progress: bool = True,
             on_run: Optional[Callable[[Dict[str, Any]], None]] = None,
-            on_batch: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None
-            ) -> List[Dict[str, Any]]:
+            on_batch: Optional[Callable[[str, Any, Dict[str, Any]], None]] = None,
+            done: Sequence[Tuple[str, str]] = (), state_file=None,
+            resume: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Run every configuration on every source.
 
     Sources are the outer loop, so one source's latents are encoded once and shared;
     ``on_run`` is called after each run (e.g. to save progress), ``on_batch`` with the
-    configuration's name, the source and the batch's record after each batch.
+    configuration's name, the source and the batch's record after each batch. Runs whose
+    (name, source name) is in ``done`` are skipped; ``resume`` (with ``name`` and
+    ``source``) continues that run from ``state_file`` (see :func:`evaluate`).
     """
     runs = []
     keys = [LatentCache.key(config) for _, config in configs]
@@ -426,9 +451,14 @@ def compare(sources: Sequence[Any], configs: Sequence[Tuple[str, LearnerConfig]]
     for source in sources:
         cache = LatentCache(keep_batches=shared)
         for name, config in configs:
+            if (name, source.name) in set(done):
+                continue
             hook = None if on_batch is None else functools.partial(on_batch, name, source)
+            this = resume if resume and (resume.get('name'), resume.get('source')) == \
+                (name, source.name) else None
             run = evaluate(source, config, name=name, eval_every=eval_every, cache=cache,
-                           progress=progress, on_batch=hook)
+                           progress=progress, on_batch=hook, state_file=state_file,
+                           resume=this)
             runs.append(run)
             if on_run is not None:
                 on_run(run)

@@ -10,7 +10,8 @@ Examples::
 
 Writes ``OUT/results.json`` (top-level ``final_accuracy`` in percent) and
 ``OUT/accuracy.png``, after every finished run, so an interrupted evaluation keeps what ran;
-``OUT/progress.json`` holds the batches of the run in progress.
+``OUT/progress.json`` and ``OUT/progress.pt`` hold the run in progress (its batches and
+the learner's state), so ``--resume`` continues an interrupted evaluation.
 """
 
 import argparse
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument('--out', required=True, metavar='DIR', help='output folder')
     output.add_argument('--title', default='', help='plot title')
     output.add_argument('--no-progress', action='store_true', help='no progress bars')
+    output.add_argument('--resume', action='store_true',
+                        help='continue an interrupted evaluation in OUT: keep its finished '
+                             'runs and continue the one in progress from OUT/progress.pt')
     return parser
 
 
@@ -163,6 +167,26 @@ def _merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
     return runs
 
 
+def _previous(out: Path, progress_file: Path, state_file: Path
+              ) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """Finished runs of an interrupted evaluation in ``out``, and the run to continue."""
+    runs = _merge([out / 'results.json']) if (out / 'results.json').exists() else []
+    resume = None
+    if progress_file.exists() and state_file.exists():
+        with open(progress_file, encoding='utf-8') as handle:
+            progress = json.load(handle)
+        batches = progress.get('batches') or []
+        if batches:
+            resume = {'name': progress['name'], 'source': progress['source'].get('name', ''),
+                      'batches': batches, 'wall_seconds': batches[-1].get('wall_seconds', 0.0)}
+            print(f'resuming {resume["name"]} on {resume["source"]} after batch '
+                  f'{batches[-1]["batch"]}', file=sys.stderr)
+    if runs:
+        print(f'keeping {len(runs)} finished run(s) from {out / "results.json"}',
+              file=sys.stderr)
+    return runs, resume
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Evaluate as the arguments say; write and return the results document."""
     out = Path(args.out)
@@ -184,6 +208,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                   file=sys.stderr)
     runs: List[Dict[str, Any]] = []
     extra = {'command': sys.argv, 'ignored_config_keys': ignored}
+    progress_file, state_file = out / 'progress.json', out / 'progress.pt'
+    resume = None
+    if args.resume:
+        runs, resume = _previous(out, progress_file, state_file)
+    elif progress_file.exists() or state_file.exists():
+        progress_file.unlink(missing_ok=True)
+        state_file.unlink(missing_ok=True)
 
     def save(run_record: Dict[str, Any]) -> None:
         runs.append(run_record)
@@ -193,18 +224,23 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
               f'{run_record["final_accuracy"]:.2f}%, mean {run_record["mean_accuracy"]:.2f}%, '
               f'{run_record["wall_seconds"]:.0f} s', file=sys.stderr)
 
-    partial: List[Dict[str, Any]] = []
+    partial: List[Any] = []
 
     def save_batch(name: str, source: Any, record: Dict[str, Any]) -> None:
         if not partial or partial[0] != (name, id(source)):
-            partial[:] = [(name, id(source)), []]
+            earlier = resume['batches'] if resume and (resume['name'], resume['source']) == \
+                (name, source.name) else []
+            partial[:] = [(name, id(source)), list(earlier)]
         partial[1].append(record)
-        write_results(out / 'progress.json', {'name': name, 'source': source.describe(),
-                                              'batches': partial[1]})
+        write_results(progress_file, {'name': name, 'source': source.describe(),
+                                      'batches': partial[1]})
 
+    done = [(r['name'], r['source'].get('name', '')) for r in runs]
     compare(sources, configs, eval_every=args.eval_every, progress=not args.no_progress,
-            on_run=save, on_batch=save_batch)
-    (out / 'progress.json').unlink(missing_ok=True)
+            on_run=save, on_batch=save_batch, done=done, state_file=state_file,
+            resume=resume)
+    progress_file.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
     return results_document(runs, extra)
 
 
