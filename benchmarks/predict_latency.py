@@ -2,12 +2,14 @@
 
 Batch 1; the learning step runs in another thread.
 
-Two learners with the default configuration, ``lower_runtime='torch'`` and
-``lower_runtime='onnxruntime'``, are taught real frames (memory filled to 1,500 latents).
-For each: ``predict(frame)`` on single 128x128 frames, first idle, then while ``learn()``
-runs a 300-frame episode (4 epochs, 1,500 replayed) in a background thread, as the node
-does. Latencies are per call (preprocessing + lower part + upper part + softmax). Threads:
-torch and ONNX Runtime intra-op threads set explicitly (``--threads``).
+Two learners with the default configuration, one running both parts in eager PyTorch
+(``lower_runtime='torch'``, ``upper_runtime='torch'``) and one in ONNX Runtime
+(``lower_runtime='onnxruntime'``, ``upper_runtime='auto'``), are taught real frames
+(memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
+first idle, then while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed)
+in a background thread, as the node does. Latencies are per call (preprocessing + lower
+part + upper part + softmax). Threads: torch and ONNX Runtime intra-op threads set
+explicitly (``--threads``).
 """
 
 import argparse
@@ -110,8 +112,9 @@ def main():
     for backend in args.backends.split(','):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
         ours = Ours.__new__(Ours)
-        ours.learner = ContinualLearner(LearnerConfig(threads=args.threads,
-                                                      lower_runtime=backend))
+        ours.learner = ContinualLearner(LearnerConfig(
+            threads=args.threads, lower_runtime=backend,
+            upper_runtime='auto' if backend == 'onnxruntime' else 'torch'))
         learner = ours.learner
         learner.config.epochs = 1
         observe_grouped(learner, frames[:1000], labels[:1000])
@@ -130,7 +133,8 @@ def main():
             learn_s.append(sec)
         idle_after = measure_idle(learner, test, calls // 2)
         results[backend] = {
-            'backend_used': learner.lower_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
+            'backend_used': learner.lower_backend,
+            'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
             'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
             'learn_seconds_with_predictions': learn_s,
             'slowdown_p50': (float(np.median(busy)) / float(np.median(idle))) if busy

@@ -73,6 +73,9 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                             (0.0, 1.0), None),
     'lower_runtime': ('engine for the frozen lower part (auto = ONNX Runtime when available)',
                       None, None, core_config.LOWER_RUNTIMES),
+    'upper_runtime': ('engine for predictions with the trained upper part (auto = ONNX '
+                      'Runtime, re-exported after every learn step, when available)',
+                      None, None, core_config.UPPER_RUNTIMES),
     'replay_size': ('replay memory capacity in latent patterns (0 = no replay)',
                     (0, 1_000_000), None, None),
     'replay_policy': ('which patterns the replay memory keeps', None, None,

@@ -226,3 +226,35 @@ def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):
     with ContinualLearner(cfg) as other:
         other.load(path)
         assert other.predict(probe) == expected
+
+
+def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path, views):
+    """After each learn the new upper part serves predictions from ONNX Runtime."""
+    state = tmp_path / 'state.pt'
+    frames = [frame for name in OBJECTS for frame in views[name][1]]
+    with ContinualLearner(_config(upper_runtime='auto')) as fast:
+        assert fast.upper_backend == 'torch'          # nothing learned yet
+        _teach(fast, views, OBJECTS[:2])
+        assert fast.upper_backend == 'onnxruntime'
+        two = fast.probabilities(fast.encode(frames))
+        assert two.shape == (len(frames), 2)
+        _teach(fast, views, OBJECTS[2:])
+        latents = fast.encode(frames)
+        got = fast.probabilities(latents)
+        assert got.shape == (len(frames), 3)          # the runtime follows the new model
+        fast.save(str(state))
+        answers = fast.predict(frames)
+        with ContinualLearner(_config(upper_runtime='torch')) as eager:
+            eager.load(str(state))
+            assert eager.upper_backend == 'torch'
+            expected = eager.probabilities(latents)
+            assert float((got - expected).abs().max()) <= 1e-4
+            assert [a['label'] for a in eager.predict(frames)] == [a['label'] for a in answers]
+        with ContinualLearner(_config(upper_runtime='auto')) as loaded:
+            loaded.load(str(state))
+            assert loaded.upper_backend == 'onnxruntime'
+            assert float((loaded.probabilities(latents) - expected).abs().max()) <= 1e-4
+            loaded.reset()
+            assert loaded.upper_backend == 'torch'
+        with pytest.raises(InputError):
+            fast.probabilities(latents[:0])

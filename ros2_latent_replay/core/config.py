@@ -10,6 +10,7 @@ LOWER_MODES = ('frozen', 'slowed')
 REPLAY_POLICIES = ('fill_then_replace', 'paper', 'class_balanced')
 REPLAY_STORAGES = ('uint8', 'float16', 'float32')
 LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
+UPPER_RUNTIMES = ('auto', 'torch')
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.0   # 'slowed' only: lr of the lower part = lr * this
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
+    upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
     replay_storage: str = 'uint8'
@@ -68,7 +70,7 @@ class LearnerConfig:
         choices = {
             'strategy': STRATEGIES, 'lower_mode': LOWER_MODES,
             'replay_policy': REPLAY_POLICIES, 'replay_storage': REPLAY_STORAGES,
-            'lower_runtime': LOWER_RUNTIMES,
+            'lower_runtime': LOWER_RUNTIMES, 'upper_runtime': UPPER_RUNTIMES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

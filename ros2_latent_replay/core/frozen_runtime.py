@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
@@ -80,6 +80,43 @@ def _export_dynamo(module: nn.Module, example: torch.Tensor) -> bytes:
         for logger, level in zip(chatty, levels):
             logger.setLevel(level)
     return program.model_proto.SerializeToString()
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor) -> Tuple[bytes, float, str]:
+    """Export ``module`` (eval mode, CPU) with a dynamic batch axis.
+
+    Tries the TorchScript-based exporter first and the torch.export-based one second;
+    returns the serialised graph, the seconds the export took and the exporter's name.
+    """
+    errors = []
+    for exporter in (_export_torchscript, _export_dynamo):
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                data = exporter(module, example)
+        except Exception as exc:
+            errors.append(f'{exporter.__name__[1:]}: {type(exc).__name__}: {exc}')
+            continue
+        return data, time.perf_counter() - start, exporter.__name__[1:]
+    raise RuntimeError('ONNX export failed: ' + ' | '.join(errors))
+
+
+def open_session(data: bytes, threads: int) -> Any:
+    """Open an ONNX Runtime CPU session: sequential, all optimisations, no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
+
+
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Max abs difference relative to the largest magnitude of ``expected``."""
+    return float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -193,31 +230,13 @@ class FrozenLowerRuntime:
 
     def _export(self, cpu_module: nn.Module) -> bytes:
         example = torch.zeros(2, 3, self.input_size, self.input_size)
-        errors = []
-        for exporter in (_export_torchscript, _export_dynamo):
-            start = time.perf_counter()
-            try:
-                with torch.no_grad():
-                    data = exporter(cpu_module, example)
-            except Exception as exc:
-                errors.append(f'{exporter.__name__[1:]}: {type(exc).__name__}: {exc}')
-                continue
-            self.export_seconds = time.perf_counter() - start
-            _LOG.info('exported the frozen lower part to ONNX in %.2f s (%s)',
-                      self.export_seconds, exporter.__name__[1:])
-            return data
-        raise RuntimeError('ONNX export failed: ' + ' | '.join(errors))
+        data, self.export_seconds, exporter = export_onnx(cpu_module, example)
+        _LOG.info('exported the frozen lower part to ONNX in %.2f s (%s)',
+                  self.export_seconds, exporter)
+        return data
 
     def _open_session(self, data: bytes, cpu_module: nn.Module) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        session = ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
+        session = open_session(data, self.threads)
         # Check the graph against eager PyTorch before trusting it, at batch 1 while the
         # export ran at batch 2: a batch size baked into the graph fails here.
         generator = torch.Generator().manual_seed(0)
@@ -227,7 +246,7 @@ class FrozenLowerRuntime:
         got = session.run([_OUTPUT_NAME], {_INPUT_NAME: probe.numpy()})[0]
         if got.shape != expected.shape:
             raise RuntimeError(f'ONNX graph gives shape {got.shape}, eager {expected.shape}')
-        error = float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
+        error = relative_error(got, expected)
         if not error <= self.TOLERANCE:
             raise RuntimeError(f'ONNX graph differs from eager PyTorch by {error:.3g} '
                                f'(relative), more than {self.TOLERANCE}')
@@ -258,4 +277,5 @@ class FrozenLowerRuntime:
         return out.contiguous().to(x.device)
 
 
-__all__ = ['FrozenLowerRuntime', 'default_cache_dir', 'lower_cache_key']
+__all__ = ['FrozenLowerRuntime', 'default_cache_dir', 'export_onnx', 'lower_cache_key',
+           'open_session', 'relative_error']

@@ -18,6 +18,7 @@ processes by name.
 """
 
 import copy
+import logging
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -42,6 +43,9 @@ from .preprocessing import Frames, as_frame_list, frames_to_tensor
 from .replay_buffer import SharedReplayBuffer
 from .replay_policy import get_policy
 from .synaptic_intelligence import SynapticIntelligence
+from .upper_runtime import UpperInferenceRuntime
+
+_LOG = logging.getLogger(__name__)
 
 STATE_FORMAT = 'ros2_latent_replay.learner'
 STATE_VERSION = 1
@@ -92,6 +96,8 @@ class ContinualLearner:
         self._fresh_upper = self._new_upper()
         self._upper = copy.deepcopy(self._fresh_upper).eval()
         self._runtime = self._make_runtime(self._lower)
+        self._upper_runtime: Optional[UpperInferenceRuntime] = None
+        self._upper_runtime_warned = False
         self._registry = ClassRegistry(cfg.max_classes)
         self._policy = get_policy(cfg.replay_policy)
         self._memory: Optional[SharedReplayBuffer] = None
@@ -119,6 +125,19 @@ class ContinualLearner:
                                       prefer=self.config.lower_runtime,
                                       threads=self.config.threads)
         return None
+
+    def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
+        """ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager."""
+        if self.config.upper_runtime == 'torch' or upper.head.active == 0:
+            return None
+        try:
+            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads)
+        except Exception as exc:  # noqa: B902 - any failure means: eager PyTorch
+            if not self._upper_runtime_warned:
+                _LOG.warning('predictions run the upper part in eager PyTorch: ONNX Runtime '
+                             'is unavailable for it (%s)', str(exc)[:300])
+                self._upper_runtime_warned = True
+            return None
 
     def _new_upper(self) -> UpperModel:
         body = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.upper), **self._brn_kwargs)
@@ -169,6 +188,11 @@ class ContinualLearner:
     def lower_backend(self) -> str:
         """'onnxruntime' or 'torch': what runs the lower part."""
         return self._runtime.backend if self._runtime is not None else 'torch'
+
+    @property
+    def upper_backend(self) -> str:
+        """'onnxruntime' or 'torch': what runs the current upper part for predictions."""
+        return 'onnxruntime' if self._upper_runtime is not None else 'torch'
 
     @property
     def episode_size(self) -> int:
@@ -452,6 +476,7 @@ class ContinualLearner:
                     raise NonFiniteError('training produced NaN/inf weights; the model was '
                                          'left unchanged and the episode was discarded')
 
+        upper_runtime = self._make_upper_runtime(work)
         stored = 0
         if self._memory is not None:
             rng = np.random.default_rng([int(cfg.seed), step])
@@ -464,6 +489,7 @@ class ContinualLearner:
         # commit: swap the trained model in, then update the memory
         with self._episode_lock:
             self._upper = work
+            self._upper_runtime = upper_runtime
             self._registry = registry
             if lower is not None:
                 self._lower = lower.eval()
@@ -515,8 +541,8 @@ class ContinualLearner:
     def predict_latents(self, latents: torch.Tensor, top_k: int = 3) -> List[Dict[str, Any]]:
         """Classify precomputed latents (as :meth:`encode` returns them)."""
         with self._episode_lock:   # a model and its class names are swapped in together
-            upper, registry = self._upper, self._registry
-        probs = self.probabilities(latents, upper=upper)
+            upper, runtime, registry = self._upper, self._upper_runtime, self._registry
+        probs = self._probabilities(latents, upper, runtime)
         k = max(1, min(int(top_k), probs.shape[1]))
         values, indices = probs.topk(k, dim=1)
         results = []
@@ -527,13 +553,29 @@ class ContinualLearner:
 
     def probabilities(self, latents: torch.Tensor, upper: Optional[UpperModel] = None
                       ) -> torch.Tensor:
-        """Softmax over the known classes for precomputed latents."""
-        upper = upper if upper is not None else self._upper
+        """Softmax over the known classes for precomputed latents.
+
+        With ``upper`` given, that model runs in eager PyTorch; otherwise the current model
+        does, in ONNX Runtime when it is available for it (``upper_runtime``).
+        """
+        runtime = None
+        if upper is None:
+            with self._episode_lock:
+                upper, runtime = self._upper, self._upper_runtime
+        return self._probabilities(latents, upper, runtime)
+
+    def _probabilities(self, latents: torch.Tensor, upper: UpperModel,
+                       runtime: Optional[UpperInferenceRuntime]) -> torch.Tensor:
         if latents.dim() != 4 or tuple(latents.shape[1:]) != self.latent_shape:
             raise InputError(f'latents must be N x {self.latent_shape}, '
                              f'got {tuple(latents.shape)}')
-        with torch.no_grad():
-            logits = upper(latents.float())
+        if latents.shape[0] == 0:
+            raise InputError('no latents given')
+        if runtime is not None:
+            logits = runtime(latents)
+        else:
+            with torch.no_grad():
+                logits = upper(latents.float())
         if logits.shape[1] == 0:
             raise NotTrainedError('nothing has been learned yet')
         return torch.softmax(logits, dim=1)
@@ -615,8 +657,10 @@ class ContinualLearner:
             except Exception as exc:  # noqa: B902
                 raise CheckpointError(f'{source} has an unusable replay memory: {exc}') \
                     from None
+        upper_runtime = self._make_upper_runtime(upper.eval())
         with self._episode_lock:
-            self._upper = upper.eval()
+            self._upper = upper
+            self._upper_runtime = upper_runtime
             self._registry = registry
             if lower is not None:
                 self._lower = lower.eval()
@@ -669,6 +713,7 @@ class ContinualLearner:
         try:
             with self._episode_lock:
                 self._upper = copy.deepcopy(self._fresh_upper).eval()
+                self._upper_runtime = None
                 if self._runtime is None:
                     self._lower.load_state_dict(self._fresh_lower_state)
                 self._registry = ClassRegistry(self.config.max_classes)
@@ -690,6 +735,7 @@ class ContinualLearner:
             'replay_bytes': self._memory.nbytes if self._memory is not None else 0,
             'episode_frames': self.episode_size, 'episode_dropped': self._episode_dropped,
             'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
+            'upper_backend': self.upper_backend,
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
             'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,
             'strategy': self.config.strategy,
