@@ -489,6 +489,9 @@ def test_cross_process_reader_never_sees_a_torn_write():
                 buf.write(slots, torch.full((256, 16, 8, 8), float(version)),
                           np.full(256, version))
                 version += 1
+                # a real owner writes once per learning step; a writer that never pauses
+                # can starve the reader's retries on a loaded CPU (it then raises BusyError)
+                time.sleep(0.0005)
             out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
