@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
 SHM_DIR = Path('/dev/shm')
 SHM_PREFIX = 'ros2lr_'
 _started_pids = set()
+_STARTED = time.time()
 
 
 def _segments():
@@ -90,20 +92,50 @@ def _clean_fastdds_leftovers():
     """Remove Fast DDS shared memory that processes killed by the tests left behind.
 
     ``fastdds shm clean`` removes unlocked segments; port files of this run's own domain id
-    (ports 7400 + 250 * id .. + 249, nobody else uses the id) are removed here as well.
+    (ports 7400 + 250 * id .. + 249, nobody else uses the id) are removed here as well, and
+    so is every other Fast DDS file written during this run that no live process maps (the
+    shared ports 7000+ that SIGKILLed nodes leave).
     """
     fastdds = Path(sys.prefix) / 'tools' / 'fastdds' / 'fastdds.py'   # from ros-fastdds
     if fastdds.is_file():
         subprocess.run([sys.executable, str(fastdds), 'shm', 'clean'], capture_output=True,
                        timeout=60, check=False)
     first = 7400 + 250 * int(os.environ['ROS_DOMAIN_ID'])
-    if SHM_DIR.is_dir():
-        for path in SHM_DIR.iterdir():
-            digits = path.name.removeprefix('sem.').removeprefix('fastdds_port')
-            digits = digits.removesuffix('_mutex').removesuffix('_el')
-            if path.name.startswith(('fastdds_port', 'sem.fastdds_port')) and digits.isdigit() \
-                    and first <= int(digits) < first + 250:
-                path.unlink(missing_ok=True)
+    if not SHM_DIR.is_dir():
+        return
+    mapped = _mapped_shm_files()
+    for path in SHM_DIR.iterdir():
+        digits = path.name.removeprefix('sem.').removeprefix('fastdds_port')
+        digits = digits.removesuffix('_mutex').removesuffix('_el')
+        if not path.name.startswith(('fastdds_', 'sem.fastdds_')):
+            continue
+        ours = digits.isdigit() and first <= int(digits) < first + 250
+        try:
+            # created or written during this run and mapped by no process alive now
+            # (a listener's lock file ``*_el`` goes with the file it locks)
+            stale = path.stat().st_mtime >= _STARTED and \
+                str(path).removesuffix('_el') not in mapped
+        except FileNotFoundError:
+            continue
+        if ours or stale:
+            path.unlink(missing_ok=True)
+
+
+def _mapped_shm_files():
+    """Paths under /dev/shm that some live process has mapped."""
+    mapped = set()
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            maps = (entry / 'maps').read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            where = line.find(' /dev/shm/')
+            if where >= 0:
+                mapped.add(line[where + 1:].removesuffix(' (deleted)'))
+    return mapped
 
 
 @pytest.fixture(scope='session', autouse=True)

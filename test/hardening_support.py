@@ -207,7 +207,9 @@ class RemoteNode:
             args += ['-p', ros_arg(name, value)]
         self.pid = launcher.start(args, log_name)
         self.log = launcher.log_dir / log_name
-        self.image_pub = client.node.create_publisher(
+        # the frames go out through a participant of this node's own (see :class:`Camera`)
+        self.camera = Camera(f'camera_{ns}')
+        self.image_pub = self.camera.node.create_publisher(
             Image, f'/{ns}/image', QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE))
         self.label_pub = client.node.create_publisher(
             String, f'/{ns}/label', QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -248,10 +250,37 @@ class RemoteNode:
     def destroy(self):
         """Remove this node's client endpoints (the process is the caller's business)."""
         node = self.client.node
-        node.destroy_publisher(self.image_pub)
         node.destroy_publisher(self.label_pub)
         for service in self.services.values():
             node.destroy_client(service)
+        self.camera.close()
+
+
+class Camera:
+    """A participant of its own that publishes one node's camera frames.
+
+    Seen in the crash test on a loaded machine: once a few nodes had been killed with
+    SIGKILL, a writer that had sent them frames delivered no more frames to the next node
+    for minutes, while its labels and service calls still arrived. Fast DDS passes a
+    sample to a reader on the same machine as a buffer in the writer's shared-memory
+    segment (0.5 MB, ten 128x128 frames), and a killed reader never returns the buffers
+    queued to it, which would explain it. A participant per node process, removed with
+    it, gives every restart a fresh segment; with it the failure was not seen again.
+    """
+
+    def __init__(self, name):
+        """Create a context and a node to hold the image publisher."""
+        import rclpy
+        from rclpy.context import Context
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+
+    def close(self):
+        """Destroy the node and shut the context down."""
+        import rclpy
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
 
 
 class ClientNode:

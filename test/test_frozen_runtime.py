@@ -14,7 +14,8 @@ from torch import nn
 from ros2_latent_replay.core.backbones import build_backbone
 from ros2_latent_replay.core.errors import ConfigError, InputError
 from ros2_latent_replay.core.frozen_runtime import (
-    FrozenLowerRuntime, _export_dynamo, default_cache_dir, lower_cache_key)
+    FrozenLowerRuntime, _export_dynamo, check_against_eager, default_cache_dir, export_onnx,
+    lower_cache_key, open_session)
 
 SIZE = 128
 
@@ -187,6 +188,24 @@ def test_auto_falls_back_and_onnxruntime_fails_clearly(tmp_path, caplog):
     assert torch.allclose(runtime(x), torch.tanh(x), atol=1e-6)
     with pytest.raises(ConfigError, match='onnxruntime is unavailable'):
         FrozenLowerRuntime(module, 8, prefer='onnxruntime', cache_dir=str(tmp_path))
+
+
+def test_graph_check_refuses_a_graph_that_does_not_compute_the_module():
+    """The eager check passes the exported module and refuses one with other weights."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    data, _, _ = export_onnx(module, torch.zeros(2, 3, 6, 6))
+    session = open_session(data, 1)
+    expected = check_against_eager(session, module, (1, 3, 6, 6), 1e-5, 'the probe')
+    assert expected.shape == (1, 4 * 4 * 4)
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)
+    with pytest.raises(RuntimeError, match='ONNX graph of the probe differs from eager'):
+        check_against_eager(session, other, (1, 3, 6, 6), 1e-5, 'the probe')
+    with pytest.raises(RuntimeError, match='gives shape'):
+        check_against_eager(session, nn.Sequential(module, nn.Flatten(0)), (1, 3, 6, 6),
+                            1e-5, 'the probe')
 
 
 def test_dynamo_exporter_handles_renorm_and_dynamic_batch():

@@ -15,7 +15,9 @@ resource tracker survives and unlinks the replay memory), half its whole process
 - no temporary file of a save and no replay segment of any killed node is left.
 
 Nodes are forked from a preloaded launcher (``hardening_support.NodeLauncher``) so a
-restart takes 1-2 s; ``HARDENING_KILLS`` sets the number of rounds (default 20).
+restart takes 1-2 s; ``HARDENING_KILLS`` sets the number of rounds (default 20). The test
+sends each node its frames through a participant of that node's own
+(``hardening_support.Camera``): a killed reader keeps shared-memory buffers of its writers.
 """
 
 import os
@@ -64,12 +66,7 @@ def _teach(remote, name, frames):
 
 
 def _node_prediction(remote, frame, seconds=30.0):
-    """~/predict about exactly ``frame`` (sent again until the node has it).
-
-    Returns None when none of the copies reached the node in ``seconds``: the camera topic
-    is best effort, and on a loaded machine a node freshly started after a SIGKILL has
-    been seen to get no image for 30 s (the node answered ``no_frame`` throughout).
-    """
+    """~/predict about exactly ``frame`` (sent again until the node has it)."""
     deadline = time.monotonic() + seconds
     while True:
         stamp = remote.publish(frame)
@@ -78,8 +75,8 @@ def _node_prediction(remote, frame, seconds=30.0):
         if ok and abs(body['stamp'] - stamp) < 1e-12:
             return body
         assert ok or body['error'] == 'no_frame', body
-        if time.monotonic() > deadline:
-            return None
+        assert time.monotonic() < deadline, f'no copy of the check frame reached the node ' \
+                                            f'in {seconds:.0f} s'
 
 
 def _kill(pid, group):
@@ -150,12 +147,8 @@ def test_sigkill_during_learning_and_saving_loses_nothing(work_dir):
             if steps:
                 expected = checker.predict([check[round_index % len(check)]])[0]
                 answer = _node_prediction(remote, check[round_index % len(check)])
-                if answer is None:
-                    tally['check frame lost'] = tally.get('check frame lost', 0) + 1
-                else:
-                    assert answer['label'] == expected['label']
-                    assert answer['confidence'] == pytest.approx(expected['confidence'],
-                                                                 abs=1e-5)
+                assert answer['label'] == expected['label']
+                assert answer['confidence'] == pytest.approx(expected['confidence'], abs=1e-5)
             if round_index == KILLS:
                 break
 
@@ -228,5 +221,3 @@ def test_sigkill_during_learning_and_saving_loses_nothing(work_dir):
     print(f'{KILLS} kills: {tally}; final steps {acked["steps"]}; check-set accuracy by '
           f'step {accuracy}')
     assert kills_in_save >= 1, f'no kill landed inside a save: {tally}'
-    assert tally.get('check frame lost', 0) <= KILLS // 4, \
-        f'the restarted nodes did not get the check frame too often: {tally}'

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -117,6 +117,28 @@ def open_session(data: bytes, threads: int) -> Any:
 def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
     """Max abs difference relative to the largest magnitude of ``expected``."""
     return float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-12)
+
+
+def check_against_eager(session: Any, module: nn.Module, probe_shape: Sequence[int],
+                        tolerance: float, what: str) -> np.ndarray:
+    """Run a seeded probe through ``session`` and eager ``module``; raise if they differ.
+
+    The probe has batch size 1 while graphs are exported at batch 2, so a batch size baked
+    into the graph fails here. Returns the eager output.
+    """
+    probe = torch.randn(*probe_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(probe).numpy()
+    feed = {session.get_inputs()[0].name: probe.numpy()}
+    got = session.run([session.get_outputs()[0].name], feed)[0]
+    if got.shape != expected.shape:
+        raise RuntimeError(f'ONNX graph of {what} gives shape {got.shape}, '
+                           f'eager {expected.shape}')
+    error = relative_error(got, expected)
+    if not error <= tolerance:
+        raise RuntimeError(f'ONNX graph of {what} differs from eager PyTorch by {error:.3g} '
+                           f'(relative), more than {tolerance}')
+    return expected
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -237,19 +259,8 @@ class FrozenLowerRuntime:
 
     def _open_session(self, data: bytes, cpu_module: nn.Module) -> None:
         session = open_session(data, self.threads)
-        # Check the graph against eager PyTorch before trusting it, at batch 1 while the
-        # export ran at batch 2: a batch size baked into the graph fails here.
-        generator = torch.Generator().manual_seed(0)
-        probe = torch.randn(1, 3, self.input_size, self.input_size, generator=generator)
-        with torch.no_grad():
-            expected = cpu_module(probe).numpy()
-        got = session.run([_OUTPUT_NAME], {_INPUT_NAME: probe.numpy()})[0]
-        if got.shape != expected.shape:
-            raise RuntimeError(f'ONNX graph gives shape {got.shape}, eager {expected.shape}')
-        error = relative_error(got, expected)
-        if not error <= self.TOLERANCE:
-            raise RuntimeError(f'ONNX graph differs from eager PyTorch by {error:.3g} '
-                               f'(relative), more than {self.TOLERANCE}')
+        check_against_eager(session, cpu_module, (1, 3, self.input_size, self.input_size),
+                            self.TOLERANCE, 'the lower part')
         self._session = session
 
     # ------------------------------------------------------------------ inference
@@ -278,4 +289,4 @@ class FrozenLowerRuntime:
 
 
 __all__ = ['FrozenLowerRuntime', 'default_cache_dir', 'export_onnx', 'lower_cache_key',
-           'open_session', 'relative_error']
+           'open_session', 'relative_error', 'check_against_eager']
