@@ -5,7 +5,8 @@
 Scripts that need Avalanche run with the bench venv's python (``$BENCH_PYTHON``, default
 ``.venv-bench/bin/python``; see benchmarks/README.md for how to create it); the node
 benchmark runs with the project's ``.venv`` (it needs rclpy). ``--quick`` shrinks every
-figure for a smoke check (under 10 minutes on an idle 2-core machine). Each script writes
+figure for a smoke check and runs the accuracy figure on the cluttered scenario only
+(under 10 minutes on a quiet 2-core machine). Each script writes
 its JSON under benchmarks/results/ as soon as it has something, so an interrupted run keeps
 what it finished.
 """
@@ -19,6 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import Recorder  # noqa: E402  (benchmarks/ is not a package)
 
 
 def pythons():
@@ -35,8 +39,10 @@ def figures(quick, threads):
     """(name, interpreter kind, args) in priority order."""
     q = ['--quick'] if quick else []
     t = ['--threads', str(threads)]
-    acc_quick = ['--runs', '0', '--max-batches', '8', '--native-batches', '4',
-                 '--checkpoints', '3', '--cumulative-group', '4']
+    # quick: the cluttered scenario only (NIC_coil runs the same code), 6 batches; native
+    # rehearsal, ~30 s per batch, for 2 of them
+    acc_quick = ['--runs', '0', '--max-batches', '6', '--native-batches', '2',
+                 '--checkpoints', '3', '--cumulative-group', '3']
     acc_full = ['--runs', '0,1,2,3,4', '--max-batches', '40', '--native-batches', '40']
     acc = acc_quick if quick else acc_full
 
@@ -50,8 +56,9 @@ def figures(quick, threads):
          + out('memory')),
         ('accuracy_clutter', 'bench', ['accuracy.py', '--scenario', 'clutter'] + acc + t
          + (['--out', 'accuracy_clutter_quick.json'] if quick else [])),
-        ('accuracy_nic_coil', 'bench', ['accuracy.py', '--scenario', 'nic_coil'] + acc + t
-         + (['--out', 'accuracy_nic_coil_quick.json'] if quick else [])),
+    ] + ([] if quick else [
+        ('accuracy_nic_coil', 'bench', ['accuracy.py', '--scenario', 'nic_coil'] + acc + t),
+    ]) + [
         ('layer_table', 'bench', ['layer_table.py'] + q + t
          + (['--no-learn-time', '--batches', '5', '--out', 'layer_table_quick.json']
             if quick else [])),
@@ -74,6 +81,8 @@ def main():
     only = set(filter(None, args.only.split(',')))
     skip = set(filter(None, args.skip.split(',')))
     status = {}
+    rec = Recorder('run_all', {'quick': args.quick, 'threads': args.threads,
+                               'only': sorted(only), 'skip': sorted(skip)})
     for name, kind, cmd in figures(args.quick, args.threads):
         if (only and name not in only) or name in skip:
             continue
@@ -88,6 +97,10 @@ def main():
         subprocess.call([bench if os.path.exists(bench) else project, 'report.py'],
                         cwd=str(HERE))
     print(status)
+    rec.write('run_all_quick.json' if args.quick else 'run_all.json',
+              figures={name: {'exit_code': rc, 'seconds': seconds}
+                       for name, (rc, seconds) in status.items()},
+              total_seconds=round(sum(seconds for _, seconds in status.values()), 1))
     return 0 if all(rc == 0 for rc, _ in status.values()) else 1
 
 

@@ -98,9 +98,11 @@ def test_sigkill_during_learning_and_saving_loses_nothing(work_dir):
     launcher = NodeLauncher(work_dir / 'logs')
     client = ClientNode()
     # the checker reads the file with eager PyTorch throughout, so its check-set probabilities
-    # depend on the file's contents only (the node itself serves them from ONNX Runtime)
+    # depend on the file's contents only; the predictor reads it as the node does (upper part
+    # in ONNX Runtime, 1 thread), so it answers what the node should answer
     checker = ContinualLearner(LearnerConfig.from_dict(learner_values(PARAMS),
                                                        upper_runtime='torch'))
+    predictor = ContinualLearner(LearnerConfig.from_dict(learner_values(PARAMS)))
     records = {0: None}        # steps -> check-set probabilities recorded when it completed
     accuracy = {}              # steps -> check-set accuracy then
     acked = {'steps': 0, 'classes': []}
@@ -145,7 +147,8 @@ def test_sigkill_during_learning_and_saving_loses_nothing(work_dir):
             assert int(remote.status['steps']) == steps
             assert remote.status['known_classes'] == ', '.join(classes)
             if steps:
-                expected = checker.predict([check[round_index % len(check)]])[0]
+                predictor.load(str(state))
+                expected = predictor.predict([check[round_index % len(check)]])[0]
                 answer = _node_prediction(remote, check[round_index % len(check)])
                 assert answer['label'] == expected['label']
                 assert answer['confidence'] == pytest.approx(expected['confidence'], abs=1e-5)
@@ -214,6 +217,7 @@ def test_sigkill_during_learning_and_saving_loses_nothing(work_dir):
             _kill(remote.pid, group=True)
             launcher.wait(remote.pid, 30.0)
         checker.close()
+        predictor.close()
         client.close()
         launcher.close()
         cleanup_stale_segments()    # what killed process groups left, if the test failed

@@ -40,7 +40,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.0   # 'slowed' only: lr of the lower part = lr * this
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
-    upper_runtime: str = 'torch'   # 'auto': predictions run the upper part in ONNX Runtime
+    upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
     replay_storage: str = 'uint8'
