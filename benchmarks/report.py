@@ -73,6 +73,8 @@ def learn_latency(plt, parts):
     floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
     every = []
     for path in sorted(RESULTS.glob('learn_latency*.json')):
+        if path.stem.endswith('_quick'):   # smoke-check sizes (run_all --quick), not figure 1's
+            continue
         other = json.loads(path.read_text())
         runs = other.get('runs', {})
         for r, ours in enumerate(runs.get('ours', [])):
