@@ -8,4 +8,9 @@ cd "$ROOT"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export MALLOC_MMAP_MAX_="${MALLOC_MMAP_MAX_:-0}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1073741824}"
-exec "$VENV/bin/python" -m ros2_latent_replay.demo "$@"
+# after the run, remove what the middleware leaves in /dev/shm (see shm_leftovers.py)
+since="$(date +%s)"
+status=0
+"$VENV/bin/python" -m ros2_latent_replay.demo "$@" || status=$?
+"$VENV/bin/python" -m ros2_latent_replay.shm_leftovers --since "$since" || true
+exit "$status"

@@ -23,7 +23,7 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 _TMP = Path(tempfile.mkdtemp(prefix='ros2lr_test_'))
 sys.path.insert(0, str(REPO))   # the package, also when not installed
 
-from ros2_latent_replay import ros_env  # noqa: E402  (must run before rclpy is imported)
+from ros2_latent_replay import ros_env, shm_leftovers  # noqa: E402  (before rclpy loads)
 
 ros_env.isolate(os.environ, log_dir=str(_TMP / 'ros_log'))
 os.environ['ROS_HOME'] = str(_TMP / 'ros_home')
@@ -94,48 +94,18 @@ def _clean_fastdds_leftovers():
     ``fastdds shm clean`` removes unlocked segments; port files of this run's own domain id
     (ports 7400 + 250 * id .. + 249, nobody else uses the id) are removed here as well, and
     so is every other Fast DDS file written during this run that no live process maps (the
-    shared ports 7000+ that SIGKILLed nodes leave).
+    shared ports 7000+ that SIGKILLed nodes leave) and LTTng's wait files, which the
+    tracing library loaded with rclpy creates and never removes (``shm_leftovers``).
     """
     fastdds = Path(sys.prefix) / 'tools' / 'fastdds' / 'fastdds.py'   # from ros-fastdds
     if fastdds.is_file():
         subprocess.run([sys.executable, str(fastdds), 'shm', 'clean'], capture_output=True,
                        timeout=60, check=False)
     first = 7400 + 250 * int(os.environ['ROS_DOMAIN_ID'])
-    if not SHM_DIR.is_dir():
-        return
-    mapped = _mapped_shm_files()
-    for path in SHM_DIR.iterdir():
-        digits = path.name.removeprefix('sem.').removeprefix('fastdds_port')
-        digits = digits.removesuffix('_mutex').removesuffix('_el')
-        if not path.name.startswith(('fastdds_', 'sem.fastdds_')):
-            continue
-        ours = digits.isdigit() and first <= int(digits) < first + 250
-        try:
-            # created or written during this run and mapped by no process alive now
-            # (a listener's lock file ``*_el`` goes with the file it locks)
-            stale = path.stat().st_mtime >= _STARTED and \
-                str(path).removesuffix('_el') not in mapped
-        except FileNotFoundError:
-            continue
-        if ours or stale:
-            path.unlink(missing_ok=True)
-
-
-def _mapped_shm_files():
-    """Paths under /dev/shm that some live process has mapped."""
-    mapped = set()
-    for entry in Path('/proc').iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            maps = (entry / 'maps').read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            where = line.find(' /dev/shm/')
-            if where >= 0:
-                mapped.add(line[where + 1:].removesuffix(' (deleted)'))
-    return mapped
+    ours = [f'{prefix}{port}{suffix}' for port in range(first, first + 250)
+            for prefix, suffix in (('fastdds_port', ''), ('fastdds_port', '_el'),
+                                   ('sem.fastdds_port', '_mutex'))]
+    shm_leftovers.remove_unused(since=_STARTED, ignore_pids=[os.getpid()], extra=ours)
 
 
 @pytest.fixture(scope='session', autouse=True)
