@@ -2,9 +2,10 @@
 
 Batch 1; the learning step runs in another thread.
 
-Two learners with the default configuration, one running both parts in eager PyTorch
-(``lower_runtime='torch'``, ``upper_runtime='torch'``) and one in ONNX Runtime
-(``lower_runtime='onnxruntime'``, ``upper_runtime='auto'``), are taught real frames
+Learners with the default configuration, one running both parts in eager PyTorch
+(``lower_runtime='torch'``, ``upper_runtime='torch'``), one in ONNX Runtime
+(``lower_runtime='onnxruntime'``, ``upper_runtime='auto'``) and one in ONNX Runtime with
+the int8 lower part (``lower_precision='int8'``, backend name ``int8``), are taught real frames
 (memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
 first idle, then while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed)
 in a background thread, as the node does. Latencies are per call (preprocessing + lower
@@ -95,7 +96,9 @@ def main():
     parse_common(parser)
     parser.add_argument('--calls', type=int, default=None)
     parser.add_argument('--learn-rounds', type=int, default=None)
-    parser.add_argument('--backends', default='onnxruntime,torch')
+    parser.add_argument('--backends', default='onnxruntime,int8,torch',
+                        help='comma-separated: onnxruntime, int8 (ONNX Runtime, int8 lower '
+                             'part), torch')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -106,15 +109,17 @@ def main():
                                        'threads_onnxruntime': args.threads,
                                        'calls_idle': calls, 'learn_rounds': learn_rounds,
                                        'batch': 1, 'input_size': 128})
-    frames, labels = load_frames('clutter', 0, count=1500 + 300 * (2 * learn_rounds))
+    frames, labels = load_frames('clutter', 0, count=1500 + 300 * (3 * learn_rounds))
     test, _ = load_frames('clutter', 0, count=200, test=True)
     results = {}
     for backend in args.backends.split(','):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
         ours = Ours.__new__(Ours)
         ours.learner = ContinualLearner(LearnerConfig(
-            threads=args.threads, lower_runtime=backend,
-            upper_runtime='auto' if backend == 'onnxruntime' else 'torch'))
+            threads=args.threads,
+            lower_runtime='onnxruntime' if backend == 'int8' else backend,
+            lower_precision='int8' if backend == 'int8' else 'float32',
+            upper_runtime='torch' if backend == 'torch' else 'auto'))
         learner = ours.learner
         learner.config.epochs = 1
         observe_grouped(learner, frames[:1000], labels[:1000])
@@ -125,7 +130,7 @@ def main():
         idle = measure_idle(learner, test, calls)
         parts = measure_parts(learner, test, calls)
         busy, learn_s = [], []
-        base = 1500 + (0 if backend == 'onnxruntime' else 300 * learn_rounds)
+        base = 1500 + 300 * learn_rounds * ['onnxruntime', 'int8', 'torch'].index(backend)
         for r in range(learn_rounds):
             s, e = base + 300 * r, base + 300 * (r + 1)
             lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
@@ -134,6 +139,7 @@ def main():
         idle_after = measure_idle(learner, test, calls // 2)
         results[backend] = {
             'backend_used': learner.lower_backend,
+            'lower_precision': learner.config.lower_precision,
             'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
             'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
             'learn_seconds_with_predictions': learn_s,
@@ -148,9 +154,17 @@ def main():
     ort = results['onnxruntime']
     floors = {'ort idle p50 <= 2 ms': ort['idle_ms']['p50'] <= 2.0,
               'ort during-learn p50 <= 3x idle p50': (ort['slowdown_p50'] or 99) <= 3.0}
+    ratios = {'eager_over_ort_idle_p50': results['torch']['idle_ms']['p50']
+              / ort['idle_ms']['p50']}
+    if 'int8' in results:
+        int8 = results['int8']
+        floors['int8 idle p50 <= 2 ms'] = int8['idle_ms']['p50'] <= 2.0
+        floors['int8 during-learn p50 <= 3x idle p50'] = (int8['slowdown_p50'] or 99) <= 3.0
+        ratios['ort_over_int8_idle_p50'] = ort['idle_ms']['p50'] / int8['idle_ms']['p50']
+        ratios['eager_over_int8_idle_p50'] = results['torch']['idle_ms']['p50'] \
+            / int8['idle_ms']['p50']
     rec.write(args.out or 'predict_latency.json', partial=False, results=results,
-              eager_over_ort_idle_p50=results['torch']['idle_ms']['p50']
-              / ort['idle_ms']['p50'], floors_met=floors)
+              floors_met=floors, **ratios)
     print(floors)
 
 

@@ -108,16 +108,21 @@ def predict_latency(plt, parts):
     if not d or 'floors_met' not in d:
         return
     rows = []
+    names = {'onnxruntime': 'onnxruntime', 'int8': 'onnxruntime, int8 lower part',
+             'torch': 'torch (eager)'}
     for backend, r in d['results'].items():
-        rows.append([backend, fmt(r['idle_ms']['p50']), fmt(r['idle_ms']['p99']),
+        rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
+                     fmt(r['idle_ms']['p99']),
                      fmt(r['during_learn_ms'].get('p50')), fmt(r['during_learn_ms'].get('p99')),
                      r['during_learn_ms'].get('n'), fmt(r['slowdown_p50'], 2) + 'x'])
     floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
     parts.append('## Figure 3: predict latency per frame (batch 1, ms)\n\n' + md_table(
         ['lower part runs on', 'idle p50', 'idle p99', 'learning p50', 'learning p99',
          'calls during learning', 'slowdown p50'], rows)
-        + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x. "
-        f'Floors: {floors}.\n\n' + context(d))
+        + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x"
+        + (f"; ONNX Runtime float32 / int8 lower part: {d['ort_over_int8_idle_p50']:.2f}x"
+           if 'ort_over_int8_idle_p50' in d else '')
+        + f'. Floors: {floors}.\n\n' + context(d))
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals = [], []
     for backend, r in d['results'].items():

@@ -16,6 +16,7 @@ from ros2_latent_replay.core.errors import ConfigError, InputError
 from ros2_latent_replay.core.frozen_runtime import (
     FrozenLowerRuntime, _export_dynamo, check_against_eager, default_cache_dir, export_onnx,
     lower_cache_key, open_session)
+from ros2_latent_replay.core.lower_quantization import calibration_images, cosine_similarities
 
 SIZE = 128
 
@@ -188,6 +189,71 @@ def test_auto_falls_back_and_onnxruntime_fails_clearly(tmp_path, caplog):
     assert torch.allclose(runtime(x), torch.tanh(x), atol=1e-6)
     with pytest.raises(ConfigError, match='onnxruntime is unavailable'):
         FrozenLowerRuntime(module, 8, prefer='onnxruntime', cache_dir=str(tmp_path))
+
+
+@pytest.fixture(scope='module')
+def int8_runtime(lower, tmp_path_factory):
+    """Build one int8 runtime (quantized at build time) for the module."""
+    return FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8',
+                              cache_dir=str(tmp_path_factory.mktemp('int8-cache')))
+
+
+def test_int8_graph_is_quantized_and_close_to_float32_on_photographs(int8_runtime, lower):
+    """int8: QLinearConv graph; latents of real photos near eager float32, not equal."""
+    import onnx
+
+    assert int8_runtime.backend == 'onnxruntime' and int8_runtime.precision == 'int8'
+    assert 'frozen_lower-int8-' in os.path.basename(int8_runtime.onnx_path)
+    with open(int8_runtime.onnx_path, 'rb') as stream:
+        ops = [node.op_type for node in onnx.load_from_string(stream.read()).graph.node]
+    assert ops.count('QLinearConv') >= 40 and 'Conv' not in ops
+    assert int8_runtime.min_cosine >= FrozenLowerRuntime.INT8_MIN_COSINE
+    x = _images(8)
+    with torch.no_grad():
+        expected = lower(x)
+    got = int8_runtime(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    cosine = cosine_similarities(got.numpy(), expected.numpy())
+    assert cosine.min() >= 0.95, cosine
+    assert _relative_error(got, expected) > FrozenLowerRuntime.TOLERANCE   # really int8
+    # batch composition does not change a frame's latent
+    assert torch.allclose(int8_runtime(x[:1]), got[:1], atol=1e-5)
+
+
+def test_int8_graph_is_cached_apart_from_float32_and_deterministic(
+        lower, int8_runtime, tmp_path):
+    """A second int8 runtime loads the cache; a fresh quantization computes the same graph."""
+    again = FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8',
+                               cache_dir=os.path.dirname(int8_runtime.onnx_path))
+    assert again.from_cache and again.onnx_path == int8_runtime.onnx_path
+    fresh = FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8',
+                               cache_dir=str(tmp_path))
+    assert not fresh.from_cache
+    assert os.path.basename(fresh.onnx_path) == os.path.basename(int8_runtime.onnx_path)
+    x = _images(3)
+    assert torch.equal(fresh(x), int8_runtime(x)) and torch.equal(again(x), fresh(x))
+    plain = FrozenLowerRuntime(lower, SIZE, threads=1, cache_dir=str(tmp_path))
+    assert plain.onnx_path != fresh.onnx_path and len(os.listdir(tmp_path)) == 2
+
+
+def test_int8_never_falls_back_to_another_engine(tmp_path):
+    """int8 with eager PyTorch, or a module ONNX cannot capture, is a ConfigError."""
+    with pytest.raises(ConfigError, match='ONNX Runtime only'):
+        FrozenLowerRuntime(NotExportable(), 8, prefer='torch', precision='int8')
+    with pytest.raises(ConfigError, match='int8 lower part is unavailable'):
+        FrozenLowerRuntime(NotExportable(), 8, precision='int8', cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match='unknown lower precision'):
+        FrozenLowerRuntime(NotExportable(), 8, precision='int4')
+
+
+def test_calibration_images_are_seeded_and_normalised():
+    """Same arguments give the same images; values stay in the normalised pixel range."""
+    a = calibration_images(6, 32, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    b = calibration_images(6, 32, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    c = calibration_images(6, 32, 1, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert a.shape == (6, 3, 32, 32) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.min() >= -1.0 and a.max() <= 1.0 and a.std() > 0.2
 
 
 def test_graph_check_refuses_a_graph_that_does_not_compute_the_module():

@@ -9,8 +9,8 @@ import torch
 from real_images import skimage_views
 from ros2_latent_replay.core.config import LearnerConfig
 from ros2_latent_replay.core.errors import (BusyError, CheckpointError, ClassLimitError,
-                                            EmptyEpisodeError, InputError, NonFiniteError,
-                                            NotTrainedError)
+                                            ConfigError, EmptyEpisodeError, InputError,
+                                            NonFiniteError, NotTrainedError)
 from ros2_latent_replay.core.learner import ContinualLearner
 
 OBJECTS = ('chelsea', 'coffee', 'rocket')
@@ -204,6 +204,30 @@ def test_onnx_runtime_learner_matches_torch_learner(views):
         a, b = fast.encode(frames), eager.encode(frames)
         scale = float(b.abs().max())
         assert float((a - b).abs().max()) <= 1e-3 * scale
+
+
+def test_int8_lower_part_learns_round_trips_and_keeps_its_precision(tmp_path, views):
+    """An int8 learner recognises held-out views; its checkpoint loads only into int8."""
+    with pytest.raises(ConfigError, match='int8'):
+        _config(lower_precision='int8')                    # lower_runtime='torch'
+    with pytest.raises(ConfigError, match='int8'):
+        _config(lower_precision='int8', lower_runtime='auto', lower_mode='slowed',
+                lower_lr_multiplier=0.1)
+    path = str(tmp_path / 'int8.pt')
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='int8')) as small:
+        assert small.lower_backend == 'onnxruntime'
+        _teach(small, views)
+        assert _accuracy(small, views) >= 0.8
+        probe = [frame for v in views.values() for frame in v[1]]
+        expected = small.predict(probe)
+        small.save(path)
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='int8')) as again:
+        again.load(path)
+        assert again.predict(probe) == expected
+    with ContinualLearner(_config(lower_runtime='auto')) as float32:
+        with pytest.raises(CheckpointError, match='lower_precision'):
+            float32.load(path)
+        assert float32.steps == 0
 
 
 def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):

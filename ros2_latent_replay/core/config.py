@@ -11,6 +11,7 @@ REPLAY_POLICIES = ('fill_then_replace', 'paper', 'class_balanced')
 REPLAY_STORAGES = ('uint8', 'float16', 'float32')
 LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
 UPPER_RUNTIMES = ('auto', 'torch')
+LOWER_PRECISIONS = ('float32', 'int8')
 
 
 @dataclass
@@ -40,6 +41,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.0   # 'slowed' only: lr of the lower part = lr * this
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
+    lower_precision: str = 'float32'   # frozen lower part: 'int8' = quantized ONNX graph
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
@@ -71,6 +73,7 @@ class LearnerConfig:
             'strategy': STRATEGIES, 'lower_mode': LOWER_MODES,
             'replay_policy': REPLAY_POLICIES, 'replay_storage': REPLAY_STORAGES,
             'lower_runtime': LOWER_RUNTIMES, 'upper_runtime': UPPER_RUNTIMES,
+            'lower_precision': LOWER_PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -94,6 +97,11 @@ class LearnerConfig:
                 raise ConfigError(f'{name}={value!r} must be a non-negative number')
         if self.brn_r_max < 1.0 or self.brn_d_max < 0.0:
             raise ConfigError('brn_r_max must be >= 1 and brn_d_max >= 0')
+        if self.lower_precision == 'int8' and (self.lower_mode != 'frozen'
+                                               or self.lower_runtime == 'torch'):
+            raise ConfigError("lower_precision='int8' needs lower_mode='frozen' and "
+                              "lower_runtime 'auto' or 'onnxruntime' (it is an ONNX Runtime "
+                              'graph of the frozen lower part)')
         if self.lower_mode == 'slowed' and self.lower_lr_multiplier <= 0.0:
             # slowed with multiplier 0: only the BRN statistics drift, which is allowed
             pass
@@ -129,4 +137,5 @@ class LearnerConfig:
         """Fields a checkpoint must match to be loadable into this configuration."""
         return {'backbone': self.backbone, 'latent_layer': self.latent_layer,
                 'input_size': self.input_size, 'max_classes': self.max_classes,
-                'replay_size': self.replay_size, 'replay_storage': self.replay_storage}
+                'replay_size': self.replay_size, 'replay_storage': self.replay_storage,
+                'lower_precision': self.lower_precision}

@@ -113,7 +113,7 @@ class LatentCache:
     def key(config: LearnerConfig) -> Tuple[Hashable, ...]:
         """Return what the latents of ``config`` depend on."""
         return (config.backbone, config.latent_layer, config.input_size, config.weights,
-                config.random_init, config.lower_runtime)
+                config.random_init, config.lower_runtime, config.lower_precision)
 
     def get(self, config: LearnerConfig, item: Hashable, compute: Callable[[], Any]) -> Any:
         """Return the cached value of ``item`` for ``config``'s lower part, computing it once."""

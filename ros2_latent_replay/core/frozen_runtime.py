@@ -5,7 +5,8 @@ run in ONNX Runtime, which is several times faster than eager PyTorch at batch 1
 :class:`FrozenLowerRuntime` exports the eval-mode lower part to ONNX once (with a dynamic
 batch axis), caches the file by a hash of the part's structure, weights and input size,
 checks the exported graph against eager PyTorch, and falls back to eager PyTorch when any
-of that fails (``prefer='auto'``).
+of that fails (``prefer='auto'``). With ``precision='int8'`` it runs an 8-bit quantized
+version of the graph instead (see :mod:`.lower_quantization`).
 """
 
 import copy
@@ -23,10 +24,13 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, InputError
+from .lower_quantization import (CALIBRATION_SEED, QUANTIZATION_VERSION, calibration_images,
+                                 cosine_similarities, quantize_lower)
 
 _LOG = logging.getLogger(__name__)
 
 _PREFERENCES = ('auto', 'onnxruntime', 'torch')
+PRECISIONS = ('float32', 'int8')
 _CACHE_FORMAT = b'ros2_latent_replay frozen lower onnx v1'
 _INPUT_NAME = 'images'
 _OUTPUT_NAME = 'latents'
@@ -176,24 +180,45 @@ class FrozenLowerRuntime:
     :func:`default_cache_dir`), keyed by :func:`lower_cache_key`; the TorchScript exporter
     is tried first (about 0.3 s for EfficientNet-Lite0) and the torch.export-based one
     second (several seconds).
+
+    ``precision='int8'`` runs the graph quantized by
+    :func:`~.lower_quantization.quantize_lower` (calibrated with ``mean`` / ``std``, the
+    backbone's input normalisation), cached as ``frozen_lower-int8-<key>.onnx``. Its
+    latents differ from float32 ones, so it never falls back to another engine: without
+    ONNX Runtime and its quantization tools it raises :class:`ConfigError`.
     """
 
     #: Max abs difference between this runtime's and eager PyTorch's latents, relative to
     #: the largest magnitude of the eager latents (checked when the runtime is built).
     TOLERANCE: float = 1e-4
+    #: int8 graphs: the lowest per-image cosine similarity with eager float32 latents
+    #: accepted on the check images (seeded smooth random images, not the calibration set).
+    INT8_MIN_COSINE: float = 0.95
 
     def __init__(self, lower: nn.Module, input_size: int, prefer: str = 'auto',
-                 threads: int = 0, cache_dir: Optional[str] = None):
+                 threads: int = 0, cache_dir: Optional[str] = None,
+                 precision: str = 'float32', mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5)):
         """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch."""
         if prefer not in _PREFERENCES:
             raise ConfigError(f'unknown lower runtime {prefer!r}; valid: '
                               f'{", ".join(_PREFERENCES)}')
+        if precision not in PRECISIONS:
+            raise ConfigError(f'unknown lower precision {precision!r}; valid: '
+                              f'{", ".join(PRECISIONS)}')
+        if precision == 'int8' and prefer == 'torch':
+            raise ConfigError('lower precision int8 runs in ONNX Runtime only; use lower '
+                              "runtime 'auto' or 'onnxruntime'")
         if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
             raise ConfigError(f'input_size must be a positive integer, got {input_size!r}')
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f'threads must be an integer >= 0, got {threads!r}')
         self.input_size = input_size
         self.threads = threads
+        self.precision = precision
+        self._mean = tuple(float(v) for v in mean)
+        self._std = tuple(float(v) for v in std)
+        self.min_cosine: Optional[float] = None   # int8: measured when the graph is checked
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.onnx_path: Optional[str] = None      # cached graph file, when ORT is used
         self.from_cache = False                   # True when the graph came from the cache
@@ -211,9 +236,10 @@ class FrozenLowerRuntime:
                 self._start_onnxruntime()
                 self.backend = 'onnxruntime'
             except Exception as exc:  # any failure means: no ORT for this module
-                if prefer == 'onnxruntime':
-                    raise ConfigError(f'lower runtime onnxruntime is unavailable: {exc}') \
-                        from exc
+                if prefer == 'onnxruntime' or precision == 'int8':
+                    what = 'the int8 lower part' if precision == 'int8' \
+                        else 'lower runtime onnxruntime'
+                    raise ConfigError(f'{what} is unavailable: {exc}') from exc
                 _LOG.warning('ONNX Runtime not used for the frozen lower part (%s); '
                              'running it in eager PyTorch', exc)
                 self._session = None
@@ -221,7 +247,8 @@ class FrozenLowerRuntime:
             self._module = self._module.to(memory_format=torch.channels_last)
         else:
             self._module = None     # the ONNX graph holds its own copy of the weights
-        _LOG.info('frozen lower part runs on %s%s', self.backend,
+        _LOG.info('frozen lower part runs on %s%s%s', self.backend,
+                  ' in int8' if precision == 'int8' else '',
                   f' ({self.onnx_path}, from cache)' if self.from_cache else '')
 
     # ------------------------------------------------------------------ ONNX Runtime
@@ -231,7 +258,12 @@ class FrozenLowerRuntime:
 
         cpu_module = copy.deepcopy(self._module).cpu()
         key = lower_cache_key(cpu_module, self.input_size)
-        path = os.path.join(self.cache_dir, f'frozen_lower-{key[:32]}.onnx')
+        if self.precision == 'int8':
+            key = hashlib.sha256(f'{key}|{QUANTIZATION_VERSION}|{self._mean}|{self._std}'
+                                 .encode()).hexdigest()
+            path = os.path.join(self.cache_dir, f'frozen_lower-int8-{key[:32]}.onnx')
+        else:
+            path = os.path.join(self.cache_dir, f'frozen_lower-{key[:32]}.onnx')
         if os.path.isfile(path):
             try:
                 with open(path, 'rb') as stream:
@@ -242,6 +274,11 @@ class FrozenLowerRuntime:
                 _LOG.warning('cached ONNX graph %s is unusable (%s); exporting again',
                              path, exc)
         data = self._export(cpu_module)
+        if self.precision == 'int8':
+            start = time.perf_counter()
+            data = quantize_lower(data, self.input_size, self._mean, self._std)
+            _LOG.info('quantized the frozen lower part to int8 in %.2f s',
+                      time.perf_counter() - start)
         self._open_session(data, cpu_module)
         try:
             _write_atomically(path, data)
@@ -259,9 +296,30 @@ class FrozenLowerRuntime:
 
     def _open_session(self, data: bytes, cpu_module: nn.Module) -> None:
         session = open_session(data, self.threads)
-        check_against_eager(session, cpu_module, (1, 3, self.input_size, self.input_size),
-                            self.TOLERANCE, 'the lower part')
+        if self.precision == 'int8':
+            self.min_cosine = self._check_int8(session, cpu_module)
+        else:
+            check_against_eager(session, cpu_module, (1, 3, self.input_size, self.input_size),
+                                self.TOLERANCE, 'the lower part')
         self._session = session
+
+    def _check_int8(self, session: Any, cpu_module: nn.Module) -> float:
+        """Compare the int8 graph with eager float32 on 16 seeded images; return min cosine."""
+        images = calibration_images(16, self.input_size, CALIBRATION_SEED + 1, self._mean,
+                                    self._std)
+        with torch.no_grad():
+            expected = cpu_module(torch.from_numpy(images)).numpy()
+        got = np.concatenate([session.run([session.get_outputs()[0].name],
+                                          {session.get_inputs()[0].name: images[i:i + 1]})[0]
+                              for i in range(len(images))])
+        if got.shape != expected.shape:
+            raise RuntimeError(f'int8 graph of the lower part gives shape {got.shape}, '
+                               f'eager {expected.shape}')
+        lowest = float(cosine_similarities(got, expected).min())
+        if not lowest >= self.INT8_MIN_COSINE:
+            raise RuntimeError(f'int8 graph of the lower part is too far from float32: '
+                               f'cosine similarity {lowest:.4f} < {self.INT8_MIN_COSINE}')
+        return lowest
 
     # ------------------------------------------------------------------ inference
 
@@ -288,5 +346,5 @@ class FrozenLowerRuntime:
         return out.contiguous().to(x.device)
 
 
-__all__ = ['FrozenLowerRuntime', 'default_cache_dir', 'export_onnx', 'lower_cache_key',
-           'open_session', 'relative_error', 'check_against_eager']
+__all__ = ['FrozenLowerRuntime', 'PRECISIONS', 'default_cache_dir', 'export_onnx',
+           'lower_cache_key', 'open_session', 'relative_error', 'check_against_eager']

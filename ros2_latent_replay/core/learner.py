@@ -123,7 +123,9 @@ class ContinualLearner:
         if self.config.lower_mode == 'frozen':
             return FrozenLowerRuntime(lower, self.config.input_size,
                                       prefer=self.config.lower_runtime,
-                                      threads=self.config.threads)
+                                      threads=self.config.threads,
+                                      precision=self.config.lower_precision,
+                                      mean=self._backbone.mean, std=self._backbone.std)
         return None
 
     def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
