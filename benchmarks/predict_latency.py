@@ -5,8 +5,7 @@ Batch 1; the learning step runs in another thread.
 Learners with the default configuration, one running both parts in eager PyTorch
 (``lower_runtime='torch'``, ``upper_runtime='torch'``), one in ONNX Runtime
 (``lower_runtime='onnxruntime'``, ``upper_runtime='auto'``) and one in ONNX Runtime with
-the int8 lower part (``lower_precision='int8'``, backend name ``int8``; ``int8-spin`` adds
-``inference_spinning=True``), are taught real frames
+the int8 lower part (``lower_precision='int8'``, backend name ``int8``), are taught real frames
 (memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
 first idle, then while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed)
 in a background thread, as the node does. Latencies are per call (preprocessing + lower
@@ -23,16 +22,6 @@ import numpy as np
 
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import Ours, observe_grouped
-
-
-#: backend name -> LearnerConfig settings of that learner
-BACKENDS = {
-    'onnxruntime': dict(lower_runtime='onnxruntime', upper_runtime='auto'),
-    'int8': dict(lower_runtime='onnxruntime', lower_precision='int8', upper_runtime='auto'),
-    'int8-spin': dict(lower_runtime='onnxruntime', lower_precision='int8', upper_runtime='auto',
-                      inference_spinning=True),
-    'torch': dict(lower_runtime='torch', upper_runtime='torch'),
-}
 
 
 def measure_idle(learner, frames, count):
@@ -107,8 +96,9 @@ def main():
     parse_common(parser)
     parser.add_argument('--calls', type=int, default=None)
     parser.add_argument('--learn-rounds', type=int, default=None)
-    parser.add_argument('--backends', default='onnxruntime,int8,int8-spin,torch',
-                        help='comma-separated: ' + ', '.join(BACKENDS))
+    parser.add_argument('--backends', default='onnxruntime,int8,torch',
+                        help='comma-separated: onnxruntime, int8 (ONNX Runtime, int8 lower '
+                             'part), torch')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -119,15 +109,17 @@ def main():
                                        'threads_onnxruntime': args.threads,
                                        'calls_idle': calls, 'learn_rounds': learn_rounds,
                                        'batch': 1, 'input_size': 128})
-    frames, labels = load_frames('clutter', 0,
-                                 count=1500 + 300 * (len(BACKENDS) * learn_rounds))
+    frames, labels = load_frames('clutter', 0, count=1500 + 300 * (3 * learn_rounds))
     test, _ = load_frames('clutter', 0, count=200, test=True)
     results = {}
     for backend in args.backends.split(','):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
         ours = Ours.__new__(Ours)
-        ours.learner = ContinualLearner(LearnerConfig(threads=args.threads,
-                                                      **BACKENDS[backend]))
+        ours.learner = ContinualLearner(LearnerConfig(
+            threads=args.threads,
+            lower_runtime='onnxruntime' if backend == 'int8' else backend,
+            lower_precision='int8' if backend == 'int8' else 'float32',
+            upper_runtime='torch' if backend == 'torch' else 'auto'))
         learner = ours.learner
         learner.config.epochs = 1
         observe_grouped(learner, frames[:1000], labels[:1000])
@@ -138,7 +130,7 @@ def main():
         idle = measure_idle(learner, test, calls)
         parts = measure_parts(learner, test, calls)
         busy, learn_s = [], []
-        base = 1500 + 300 * learn_rounds * list(BACKENDS).index(backend)
+        base = 1500 + 300 * learn_rounds * ['onnxruntime', 'int8', 'torch'].index(backend)
         for r in range(learn_rounds):
             s, e = base + 300 * r, base + 300 * (r + 1)
             lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
@@ -148,7 +140,6 @@ def main():
         results[backend] = {
             'backend_used': learner.lower_backend,
             'lower_precision': learner.config.lower_precision,
-            'inference_spinning': learner.config.inference_spinning,
             'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
             'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
             'learn_seconds_with_predictions': learn_s,
@@ -165,17 +156,13 @@ def main():
               'ort during-learn p50 <= 3x idle p50': (ort['slowdown_p50'] or 99) <= 3.0}
     ratios = {'eager_over_ort_idle_p50': results['torch']['idle_ms']['p50']
               / ort['idle_ms']['p50']}
-    for name in ('int8', 'int8-spin'):
-        if name not in results:
-            continue
-        variant = results[name]
-        floors[f'{name} idle p50 <= 2 ms'] = variant['idle_ms']['p50'] <= 2.0
-        floors[f'{name} during-learn p50 <= 3x idle p50'] = \
-            (variant['slowdown_p50'] or 99) <= 3.0
-        key = name.replace('-', '_')
-        ratios[f'ort_over_{key}_idle_p50'] = ort['idle_ms']['p50'] / variant['idle_ms']['p50']
-        ratios[f'eager_over_{key}_idle_p50'] = results['torch']['idle_ms']['p50'] \
-            / variant['idle_ms']['p50']
+    if 'int8' in results:
+        int8 = results['int8']
+        floors['int8 idle p50 <= 2 ms'] = int8['idle_ms']['p50'] <= 2.0
+        floors['int8 during-learn p50 <= 3x idle p50'] = (int8['slowdown_p50'] or 99) <= 3.0
+        ratios['ort_over_int8_idle_p50'] = ort['idle_ms']['p50'] / int8['idle_ms']['p50']
+        ratios['eager_over_int8_idle_p50'] = results['torch']['idle_ms']['p50'] \
+            / int8['idle_ms']['p50']
     rec.write(args.out or 'predict_latency.json', partial=False, results=results,
               floors_met=floors, **ratios)
     print(floors)

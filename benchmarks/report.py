@@ -109,7 +109,6 @@ def predict_latency(plt, parts):
         return
     rows = []
     names = {'onnxruntime': 'onnxruntime', 'int8': 'onnxruntime, int8 lower part',
-             'int8-spin': 'onnxruntime, int8 lower part, spinning threads',
              'torch': 'torch (eager)'}
     for backend, r in d['results'].items():
         rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
@@ -123,8 +122,6 @@ def predict_latency(plt, parts):
         + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x"
         + (f"; ONNX Runtime float32 / int8 lower part: {d['ort_over_int8_idle_p50']:.2f}x"
            if 'ort_over_int8_idle_p50' in d else '')
-        + (f"; float32 / int8 with spinning threads: {d['ort_over_int8_spin_idle_p50']:.2f}x"
-           if 'ort_over_int8_spin_idle_p50' in d else '')
         + f'. Floors: {floors}.\n\n' + context(d))
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals = [], []

@@ -112,9 +112,6 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                                (1, 1_000_000), None, None),
     'max_label_length': ('longest accepted label, in characters', (1, 4096), None, None),
     'threads': ('torch CPU threads (0 = leave the default)', (0, 1024), None, None),
-    'inference_spinning': ("let ONNX Runtime's worker threads busy-wait between operators: "
-                           'lower per-frame latency with 2+ threads on an idle CPU, more CPU '
-                           'time, slower when the cores are busy', None, None, None),
     'seed': ('random seed of training and replay sampling', (0, 2**31 - 1), None, None),
 }
 

@@ -246,17 +246,6 @@ def test_int8_never_falls_back_to_another_engine(tmp_path):
         FrozenLowerRuntime(NotExportable(), 8, precision='int4')
 
 
-def test_spinning_threads_are_an_option_that_changes_no_number(lower, ort_runtime, tmp_path):
-    """spinning=True sets ONNX Runtime's allow_spinning; latents stay bit-identical."""
-    spinning = FrozenLowerRuntime(lower, SIZE, threads=2, spinning=True,
-                                  cache_dir=os.path.dirname(ort_runtime.onnx_path))
-    entry = 'session.intra_op.allow_spinning'
-    assert spinning._session.get_session_options().get_session_config_entry(entry) == '1'
-    assert ort_runtime._session.get_session_options().get_session_config_entry(entry) == '0'
-    x = _images(2)
-    assert torch.equal(spinning(x), ort_runtime(x))
-
-
 def test_calibration_images_are_seeded_and_normalised():
     """Same arguments give the same images; values stay in the normalised pixel range."""
     a = calibration_images(6, 32, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

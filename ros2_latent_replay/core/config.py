@@ -65,7 +65,6 @@ class LearnerConfig:
     max_frames_per_episode: int = 1000
     max_label_length: int = 128
     threads: int = 0               # 0 = leave torch's default
-    inference_spinning: bool = False   # ONNX Runtime worker threads busy-wait between ops
     seed: int = 0
 
     def validate(self) -> 'LearnerConfig':

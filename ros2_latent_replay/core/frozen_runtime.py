@@ -105,13 +105,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor) -> Tuple[bytes, float,
     raise RuntimeError('ONNX export failed: ' + ' | '.join(errors))
 
 
-def open_session(data: bytes, threads: int, spinning: bool = False) -> Any:
-    """Open an ONNX Runtime CPU session: sequential, all optimisations.
-
-    ``spinning=False`` (the default) lets idle worker threads sleep at once; ``True`` lets
-    them busy-wait briefly for the next operator, which cuts a frame's latency with 2+
-    threads on an idle CPU but costs CPU time and hurts when the cores are busy.
-    """
+def open_session(data: bytes, threads: int) -> Any:
+    """Open an ONNX Runtime CPU session: sequential, all optimisations, no spinning."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -119,8 +114,7 @@ def open_session(data: bytes, threads: int, spinning: bool = False) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry('session.intra_op.allow_spinning',
-                                     '1' if spinning else '0')
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
 
@@ -179,8 +173,7 @@ class FrozenLowerRuntime:
     module do not reach the runtime (build a new one). ``threads`` sets ONNX Runtime's
     intra-op threads (0 = its default); the PyTorch fallback uses the process-wide torch
     threads. The ONNX Runtime session runs sequentially with all graph optimisations and
-    without busy-waiting worker threads (unless ``spinning``), so it leaves CPU to training
-    running alongside.
+    without busy-waiting worker threads, so it leaves CPU to training running alongside.
     Calls from several threads at once are safe with both backends.
 
     Exported graphs are cached as ``frozen_lower-<key>.onnx`` in ``cache_dir`` (default
@@ -205,7 +198,7 @@ class FrozenLowerRuntime:
     def __init__(self, lower: nn.Module, input_size: int, prefer: str = 'auto',
                  threads: int = 0, cache_dir: Optional[str] = None,
                  precision: str = 'float32', mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), spinning: bool = False):
+                 std: Sequence[float] = (0.5, 0.5, 0.5)):
         """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch."""
         if prefer not in _PREFERENCES:
             raise ConfigError(f'unknown lower runtime {prefer!r}; valid: '
@@ -223,7 +216,6 @@ class FrozenLowerRuntime:
         self.input_size = input_size
         self.threads = threads
         self.precision = precision
-        self.spinning = bool(spinning)
         self._mean = tuple(float(v) for v in mean)
         self._std = tuple(float(v) for v in std)
         self.min_cosine: Optional[float] = None   # int8: measured when the graph is checked
@@ -303,7 +295,7 @@ class FrozenLowerRuntime:
         return data
 
     def _open_session(self, data: bytes, cpu_module: nn.Module) -> None:
-        session = open_session(data, self.threads, self.spinning)
+        session = open_session(data, self.threads)
         if self.precision == 'int8':
             self.min_cosine = self._check_int8(session, cpu_module)
         else:

@@ -125,8 +125,7 @@ class ContinualLearner:
                                       prefer=self.config.lower_runtime,
                                       threads=self.config.threads,
                                       precision=self.config.lower_precision,
-                                      mean=self._backbone.mean, std=self._backbone.std,
-                                      spinning=self.config.inference_spinning)
+                                      mean=self._backbone.mean, std=self._backbone.std)
         return None
 
     def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
@@ -134,8 +133,7 @@ class ContinualLearner:
         if self.config.upper_runtime == 'torch' or upper.head.active == 0:
             return None
         try:
-            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads,
-                                         spinning=self.config.inference_spinning)
+            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads)
         except Exception as exc:  # noqa: B902 - any failure means: eager PyTorch
             if not self._upper_runtime_warned:
                 _LOG.warning('predictions run the upper part in eager PyTorch: ONNX Runtime '

@@ -29,8 +29,7 @@ class UpperInferenceRuntime:
 
     Building raises ``RuntimeError`` (or the exporter's / ONNX Runtime's error) when the
     export, the session or the numeric check fails; callers fall back to eager PyTorch.
-    ``threads`` sets ONNX Runtime's intra-op threads (0 = its default), ``spinning`` whether
-    they busy-wait (see :func:`~.frozen_runtime.open_session`). Calls from several
+    ``threads`` sets ONNX Runtime's intra-op threads (0 = its default). Calls from several
     threads at once are safe.
     """
 
@@ -38,15 +37,14 @@ class UpperInferenceRuntime:
     #: the largest magnitude of the eager logits (checked when the runtime is built).
     TOLERANCE: float = 1e-4
 
-    def __init__(self, upper: nn.Module, latent_shape: Sequence[int], threads: int = 0,
-                 spinning: bool = False):
+    def __init__(self, upper: nn.Module, latent_shape: Sequence[int], threads: int = 0):
         """Export ``upper`` (copied, eval mode, on the CPU) and open a session for it."""
         self.latent_shape = tuple(int(v) for v in latent_shape)
         module = copy.deepcopy(upper).cpu().eval()
         module = module.to(memory_format=torch.contiguous_format)
         start = time.perf_counter()
         data, _, exporter = export_onnx(module, torch.zeros(2, *self.latent_shape))
-        self._session = open_session(data, threads, spinning)
+        self._session = open_session(data, threads)
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
         expected = check_against_eager(self._session, module, (1, *self.latent_shape),
