@@ -738,6 +738,7 @@ class ContinualLearner:
             'episode_frames': self.episode_size, 'episode_dropped': self._episode_dropped,
             'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
             'upper_backend': self.upper_backend,
+            'lower_precision': self.config.lower_precision,
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
             'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,
             'strategy': self.config.strategy,
