@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import LOWER_PRECISIONS
 from .errors import ConfigError, InputError
 from .lower_quantization import (CALIBRATION_SEED, QUANTIZATION_VERSION, calibration_images,
                                  cosine_similarities, quantize_lower)
@@ -30,7 +31,7 @@ from .lower_quantization import (CALIBRATION_SEED, QUANTIZATION_VERSION, calibra
 _LOG = logging.getLogger(__name__)
 
 _PREFERENCES = ('auto', 'onnxruntime', 'torch')
-PRECISIONS = ('float32', 'int8')
+PRECISIONS = LOWER_PRECISIONS
 _CACHE_FORMAT = b'ros2_latent_replay frozen lower onnx v1'
 _INPUT_NAME = 'images'
 _OUTPUT_NAME = 'latents'
@@ -309,9 +310,8 @@ class FrozenLowerRuntime:
                                     self._std)
         with torch.no_grad():
             expected = cpu_module(torch.from_numpy(images)).numpy()
-        got = np.concatenate([session.run([session.get_outputs()[0].name],
-                                          {session.get_inputs()[0].name: images[i:i + 1]})[0]
-                              for i in range(len(images))])
+        got = session.run([session.get_outputs()[0].name],
+                          {session.get_inputs()[0].name: images})[0]
         if got.shape != expected.shape:
             raise RuntimeError(f'int8 graph of the lower part gives shape {got.shape}, '
                                f'eager {expected.shape}')
