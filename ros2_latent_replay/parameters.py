@@ -74,8 +74,10 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
     'lower_runtime': ('engine for the frozen lower part (auto = ONNX Runtime when available)',
                       None, None, core_config.LOWER_RUNTIMES),
     'lower_precision': ('number format of the frozen lower part: int8 = ONNX Runtime graph '
-                        'quantized at start-up (about 2x faster per frame; latents differ '
-                        'slightly from float32, so checkpoints keep their precision)', None,
+                        'quantized at start-up (about 1.8x faster per frame; latents differ '
+                        'slightly from float32, so a state file loads only with the '
+                        'precision it was made with); auto = int8 when the lower part is '
+                        'frozen and runs in ONNX Runtime, else float32', None,
                         None, core_config.LOWER_PRECISIONS),
     'upper_runtime': ('engine for predictions with the trained upper part (auto = ONNX '
                       'Runtime, re-exported after every learn step, when available)',

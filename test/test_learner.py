@@ -11,6 +11,7 @@ from ros2_latent_replay.core.config import LearnerConfig
 from ros2_latent_replay.core.errors import (BusyError, CheckpointError, ClassLimitError,
                                             ConfigError, EmptyEpisodeError, InputError,
                                             NonFiniteError, NotTrainedError)
+from ros2_latent_replay.core.frozen_runtime import FrozenLowerRuntime
 from ros2_latent_replay.core.learner import ContinualLearner
 
 OBJECTS = ('chelsea', 'coffee', 'rocket')
@@ -199,7 +200,7 @@ def test_other_strategies_learn(strategy, views):
 
 def test_onnx_runtime_learner_matches_torch_learner(views):
     frames = views['coffee'][0][:6]
-    with ContinualLearner(_config(lower_runtime='auto')) as fast, \
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='float32')) as fast, \
             ContinualLearner(_config(lower_runtime='torch')) as eager:
         a, b = fast.encode(frames), eager.encode(frames)
         scale = float(b.abs().max())
@@ -224,10 +225,59 @@ def test_int8_lower_part_learns_round_trips_and_keeps_its_precision(tmp_path, vi
     with ContinualLearner(_config(lower_runtime='auto', lower_precision='int8')) as again:
         again.load(path)
         assert again.predict(probe) == expected
-    with ContinualLearner(_config(lower_runtime='auto')) as float32:
-        with pytest.raises(CheckpointError, match='lower_precision'):
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='float32')) as float32:
+        with pytest.raises(CheckpointError, match="set lower_precision to 'int8'"):
             float32.load(path)
         assert float32.steps == 0
+
+
+def test_auto_precision_is_int8_only_for_a_frozen_onnx_lower_part():
+    assert LearnerConfig().effective_lower_precision() == 'int8'
+    assert _config(lower_runtime='auto').effective_lower_precision() == 'int8'
+    assert _config(lower_runtime='onnxruntime').effective_lower_precision() == 'int8'
+    assert _config().effective_lower_precision() == 'float32'          # lower_runtime='torch'
+    slowed = _config(lower_runtime='auto', lower_mode='slowed', lower_lr_multiplier=0.1)
+    assert slowed.effective_lower_precision() == 'float32'
+    assert _config(lower_runtime='auto', lower_precision='float32') \
+        .effective_lower_precision() == 'float32'
+    assert _config(lower_runtime='auto').architecture_key()['lower_precision'] == 'int8'
+
+
+def test_auto_precision_takes_float32_when_the_int8_graph_is_unusable(
+        monkeypatch, caplog, tmp_path, views):
+    """No int8 graph can pass a check demanding cosine > 1: auto runs float32, and says so."""
+    monkeypatch.setattr(FrozenLowerRuntime, 'INT8_MIN_COSINE', 1.01)
+    with pytest.raises(ConfigError, match='too far from float32'):
+        ContinualLearner(_config(lower_runtime='auto', lower_precision='int8'))
+    path = str(tmp_path / 'fallback.pt')
+    with caplog.at_level('WARNING'):
+        with ContinualLearner(_config(lower_runtime='auto')) as auto:
+            assert auto.lower_precision == 'float32'
+            assert auto.stats()['lower_precision'] == 'float32'
+            auto.observe(views['coffee'][0][:6], 'coffee')
+            auto.learn()
+            auto.save(path)
+    assert 'running the lower part in float32' in caplog.text
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='float32')) as same:
+        same.load(path)
+        assert same.known_classes == ['coffee']
+
+
+def test_state_without_a_precision_is_float32(tmp_path, views):
+    """Files written before lower_precision existed hold float32 latents: never int8 ones."""
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='float32')) as old:
+        old.observe(views['coffee'][0][:6], 'coffee')
+        old.learn()
+        state = old.state_dict()
+    del state['config']['lower_precision']
+    with ContinualLearner(_config(lower_runtime='auto')) as auto:
+        assert auto.stats()['lower_precision'] == 'int8'
+        with pytest.raises(CheckpointError, match="set lower_precision to 'float32'"):
+            auto.load_state_dict(state)
+        assert auto.steps == 0
+    with ContinualLearner(_config(lower_runtime='auto', lower_precision='float32')) as same:
+        same.load_state_dict(state)
+        assert same.known_classes == ['coffee']
 
 
 def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):

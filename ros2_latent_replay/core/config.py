@@ -11,7 +11,7 @@ REPLAY_POLICIES = ('fill_then_replace', 'paper', 'class_balanced')
 REPLAY_STORAGES = ('uint8', 'float16', 'float32')
 LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
 UPPER_RUNTIMES = ('auto', 'torch')
-LOWER_PRECISIONS = ('float32', 'int8')
+LOWER_PRECISIONS = ('auto', 'float32', 'int8')
 
 
 @dataclass
@@ -33,6 +33,11 @@ class LearnerConfig:
     383-batch COIL-100 clutter streams 1e-3 ended at 80.1% and 81.1% (runs 0 and 1) against
     75.1% and 76.6% with 3e-4 (NIC_coil run 0: 100% vs 99.9%), ahead over the whole
     stream (e.g. 66.9% vs 56.8% after 151 batches of run 0), at the same learning time.
+
+    ``lower_precision='auto'`` runs a frozen lower part in ONNX Runtime as an int8 graph
+    (:meth:`effective_lower_precision`): about 1.8x faster per frame than float32 at equal
+    accuracy (whole COIL-100 clutter stream, run 0: see the README); a lower part that
+    trains (``slowed``), runs in eager PyTorch or does not quantize well stays float32.
     """
 
     backbone: str = 'efficientnet_lite0'
@@ -44,7 +49,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.0   # 'slowed' only: lr of the lower part = lr * this
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
-    lower_precision: str = 'float32'   # frozen lower part: 'int8' = quantized ONNX graph
+    lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
@@ -110,6 +115,19 @@ class LearnerConfig:
             pass
         return self
 
+    def effective_lower_precision(self) -> str:
+        """Return the number format asked for the lower part: ``'float32'`` or ``'int8'``.
+
+        ``'auto'`` asks for int8 for a frozen lower part that may run in ONNX Runtime
+        (``lower_runtime`` ``auto`` or ``onnxruntime``) and float32 otherwise; the learner
+        then takes float32 when the int8 graph is unusable (``ContinualLearner.lower_precision``
+        says which one runs).
+        """
+        if self.lower_precision != 'auto':
+            return self.lower_precision
+        frozen_graph = self.lower_mode == 'frozen' and self.lower_runtime != 'torch'
+        return 'int8' if frozen_graph else 'float32'
+
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict of every field (JSON- and checkpoint-safe)."""
         return asdict(self)
@@ -141,4 +159,4 @@ class LearnerConfig:
         return {'backbone': self.backbone, 'latent_layer': self.latent_layer,
                 'input_size': self.input_size, 'max_classes': self.max_classes,
                 'replay_size': self.replay_size, 'replay_storage': self.replay_storage,
-                'lower_precision': self.lower_precision}
+                'lower_precision': self.effective_lower_precision()}

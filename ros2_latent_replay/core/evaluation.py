@@ -113,7 +113,7 @@ class LatentCache:
     def key(config: LearnerConfig) -> Tuple[Hashable, ...]:
         """Return what the latents of ``config`` depend on."""
         return (config.backbone, config.latent_layer, config.input_size, config.weights,
-                config.random_init, config.lower_runtime, config.lower_precision)
+                config.random_init, config.lower_runtime, config.effective_lower_precision())
 
     def get(self, config: LearnerConfig, item: Hashable, compute: Callable[[], Any]) -> Any:
         """Return the cached value of ``item`` for ``config``'s lower part, computing it once."""
@@ -491,9 +491,9 @@ def summarize(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         wall = _mean_std([r['wall_seconds'] for r in group])
         summary[name] = {
             'runs': len(group), 'sources': [r['source'].get('name', '') for r in group],
-            'final_accuracy_mean': round(final[0], 3), 'final_accuracy_std': round(final[1], 3),
+            'final_accuracy_mean': round(final[0], 4), 'final_accuracy_std': round(final[1], 4),
             'final_accuracies': [r['final_accuracy'] for r in group],
-            'mean_accuracy_mean': round(mean[0], 3), 'mean_accuracy_std': round(mean[1], 3),
+            'mean_accuracy_mean': round(mean[0], 4), 'mean_accuracy_std': round(mean[1], 4),
             'train_seconds_mean': round(train[0], 2), 'train_seconds_std': round(train[1], 2),
             'wall_seconds_mean': round(wall[0], 2), 'wall_seconds_std': round(wall[1], 2),
         }

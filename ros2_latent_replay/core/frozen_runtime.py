@@ -240,7 +240,9 @@ class FrozenLowerRuntime:
                 if prefer == 'onnxruntime' or precision == 'int8':
                     what = 'the int8 lower part' if precision == 'int8' \
                         else 'lower runtime onnxruntime'
-                    raise ConfigError(f'{what} is unavailable: {exc}') from exc
+                    hint = " (lower_precision 'float32' runs without it)" \
+                        if precision == 'int8' else ''
+                    raise ConfigError(f'{what} is unavailable: {exc}{hint}') from exc
                 _LOG.warning('ONNX Runtime not used for the frozen lower part (%s); '
                              'running it in eager PyTorch', exc)
                 self._session = None

@@ -34,8 +34,8 @@ from .batch_renorm import convert_batchnorm_to_brn, set_brn_schedule
 from .class_registry import ClassRegistry, normalize_label
 from .config import LearnerConfig
 from .cwr_head import CWRHead
-from .errors import (BusyError, CheckpointError, ClassLimitError, EmptyEpisodeError,
-                     InputError, NonFiniteError, NotTrainedError)
+from .errors import (BusyError, CheckpointError, ClassLimitError, ConfigError,
+                     EmptyEpisodeError, InputError, NonFiniteError, NotTrainedError)
 from .frozen_runtime import FrozenLowerRuntime
 from .malloc_tuning import tune_malloc
 from .minibatch_mixing import plan_minibatches
@@ -120,13 +120,36 @@ class ContinualLearner:
         return lower.eval()
 
     def _make_runtime(self, lower: nn.Module):
-        if self.config.lower_mode == 'frozen':
-            return FrozenLowerRuntime(lower, self.config.input_size,
-                                      prefer=self.config.lower_runtime,
-                                      threads=self.config.threads,
-                                      precision=self.config.lower_precision,
+        """Runtime of a frozen lower part (None when it trains); sets :attr:`lower_precision`.
+
+        ``lower_precision='auto'`` asks for the int8 graph and takes float32 when it cannot
+        be built or fails its check against float32 (a network that quantizes badly).
+        """
+        self.lower_precision = 'float32'
+        if self.config.lower_mode != 'frozen':
+            return None
+        cfg = self.config
+
+        def build(precision: str) -> FrozenLowerRuntime:
+            return FrozenLowerRuntime(lower, cfg.input_size, prefer=cfg.lower_runtime,
+                                      threads=cfg.threads, precision=precision,
                                       mean=self._backbone.mean, std=self._backbone.std)
-        return None
+
+        wanted = cfg.effective_lower_precision()
+        try:
+            runtime = build(wanted)
+        except ConfigError as exc:
+            if cfg.lower_precision != 'auto' or wanted != 'int8':
+                raise
+            _LOG.warning('lower_precision auto: running the lower part in float32, the int8 '
+                         'graph is unusable here (%s)', exc)
+            runtime = build('float32')
+        self.lower_precision = runtime.precision
+        return runtime
+
+    def architecture_key(self) -> Dict[str, Any]:
+        """Return the settings a state file must match (with the lower precision in use)."""
+        return dict(self.config.architecture_key(), lower_precision=self.lower_precision)
 
     def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
         """ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager."""
@@ -592,7 +615,8 @@ class ContinualLearner:
             'config': self.config.to_dict(),
             'backbone': {'name': self._backbone.name, 'cut': self._backbone.cut,
                          'weights_id': self._backbone.weights_id,
-                         'latent_shape': list(self.latent_shape)},
+                         'latent_shape': list(self.latent_shape),
+                         'lower_precision': self.lower_precision},
             'steps': steps,
             'classes': registry.state_dict(),
             'upper': upper.state_dict(),
@@ -626,11 +650,22 @@ class ContinualLearner:
                 raise CheckpointError(
                     f'{source} was made with {key}={backbone.get(key)!r}, this learner uses '
                     f'{value!r}; refusing to load it')
-        theirs = LearnerConfig.from_dict(state.get('config', {})).architecture_key() \
-            if isinstance(state.get('config'), dict) else None
-        if theirs != self.config.architecture_key():
-            raise CheckpointError(f'{source} was made with settings {theirs}, this learner '
-                                  f'has {self.config.architecture_key()}; refusing to load it')
+        theirs = None
+        if isinstance(state.get('config'), dict):
+            # files written before lower_precision existed hold float32 latents
+            their_config = {'lower_precision': 'float32', **state['config']}
+            theirs = LearnerConfig.from_dict(their_config).architecture_key()
+            theirs['lower_precision'] = backbone.get('lower_precision',
+                                                     theirs['lower_precision'])
+        mine = self.architecture_key()
+        if theirs != mine:
+            differ = {k: v for k, v in (theirs or {}).items() if mine.get(k) != v} or theirs
+            hint = ''
+            if theirs is not None and theirs['lower_precision'] != mine['lower_precision']:
+                hint = (f" (set lower_precision to '{theirs['lower_precision']}' to use it: "
+                        f'its replay latents were computed in that precision)')
+            raise CheckpointError(f'{source} was made with settings {differ}, this learner '
+                                  f'has {mine}{hint}; refusing to load it')
         try:
             registry = ClassRegistry.from_state_dict(state['classes'])
             upper = copy.deepcopy(self._fresh_upper)
@@ -738,7 +773,7 @@ class ContinualLearner:
             'episode_frames': self.episode_size, 'episode_dropped': self._episode_dropped,
             'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
             'upper_backend': self.upper_backend,
-            'lower_precision': self.config.lower_precision,
+            'lower_precision': self.lower_precision,
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
             'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,
             'strategy': self.config.strategy,
