@@ -1,6 +1,6 @@
 """Figure 7: final and mean accuracy over scenario runs, ours vs Avalanche vs baselines.
 
-Methods (all on EfficientNet-Lite0 with ImageNet weights; cut after blocks.5.1 unless said):
+Methods (all on EfficientNet-Lite0 with ImageNet weights; the product's default cut unless said):
 
 * ``ar1_free`` (our default), ``ar1``, ``cwr``: ``ContinualLearner`` fed precomputed latents
   with ``observe_latents`` (the lower part is frozen, so this equals feeding the frames).
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import RESULTS, SCENARIOS, Recorder, set_threads, tune_malloc_now
+from common import DEFAULT_CUT, RESULTS, SCENARIOS, Recorder, set_threads, tune_malloc_now
 
 CACHE = RESULTS / 'tmp'
 ALL_METHODS = ('ncm', 'slda', 'av_naive', 'av_replay', 'ar1_free', 'cwr', 'ar1',
@@ -48,16 +48,19 @@ def scenario_of(name, run, max_batches):
 
 def encode_all(scen, backbone, cut, threads, tag):
     """Latents (float32) and pooled pretrained features of every train/test frame (cached)."""
+    from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+    config = LearnerConfig(backbone=backbone, latent_layer=cut, threads=threads, replay_size=0)
+    precision = config.effective_lower_precision()   # latents differ between precisions
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f'latents_{tag}_{backbone}_{cut}.pt'
+    path = CACHE / f'latents_{tag}_{backbone}_{cut}_{precision}.pt'
     entries = [e for b in scen.batches for e in b] + list(scen.test)
     if path.exists():
         data = torch.load(path, weights_only=True)
         if data['paths'] == [p for p, _ in entries]:
             return data
-    from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-    learner = ContinualLearner(LearnerConfig(backbone=backbone, latent_layer=cut,
-                                             threads=threads, replay_size=0))
+    learner = ContinualLearner(config)
+    if learner.lower_precision != precision:
+        raise RuntimeError(f'the lower part runs in {learner.lower_precision}, not {precision}')
     lat = []
     for start in range(0, len(entries), 256):
         frames = scen.load_images(entries[start:start + 256])
@@ -89,7 +92,7 @@ def split(data, scen):
 
 
 def run_ours(strategy, data, batches, test, points, threads, seed,
-             backbone='efficientnet_lite0', cut='blocks.5.1', **overrides):
+             backbone='efficientnet_lite0', cut=DEFAULT_CUT, **overrides):
     """Our learner on latents; returns accuracies at the checkpoints and seconds."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     learner = ContinualLearner(LearnerConfig(strategy=strategy, threads=threads, seed=seed,
@@ -204,7 +207,7 @@ def main():
     parser.add_argument('--checkpoints', type=int, default=10)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--backbone', default='efficientnet_lite0')
-    parser.add_argument('--cut', default='blocks.5.1')
+    parser.add_argument('--cut', default=DEFAULT_CUT)
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     tune_malloc_now()

@@ -30,6 +30,15 @@ CLUTTER_NIC = DATA / 'coil100_clutter' / 'NIC'
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+
+def _default_cut() -> str:
+    from ros2_latent_replay.core.config import LearnerConfig
+    return LearnerConfig().latent_layer
+
+
+#: The product's default cut (``LearnerConfig().latent_layer``), so benchmarks follow it.
+DEFAULT_CUT = _default_cut()
+
 SCENARIOS = {
     'nic_coil': (COIL_NIC, COIL_IMAGES),
     'clutter': (CLUTTER_NIC, CLUTTER_IMAGES),

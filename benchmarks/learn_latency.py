@@ -7,7 +7,7 @@ process-wide glibc malloc setting (the core's ``tune_malloc`` is applied before 
 is built). Ratios are taken per round, then their median is reported.
 
 * ours: ``ContinualLearner(LearnerConfig(threads=T))`` (default AR1*-free, EfficientNet-Lite0
-  cut after blocks.5.1, uint8 latents, ONNX Runtime lower part); time = ``observe`` (encode
+  at the default cut, uint8 latents, ONNX Runtime lower part); time = ``observe`` (encode
   the 300 frames) + ``learn``.
 * Avalanche AR1 (0.6.0, MobileNetV1 at conv5_4/dw = latent layer 19, float32 latents;
   randomly initialised because its constructor downloads weights): time = ``train`` on

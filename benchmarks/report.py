@@ -43,9 +43,15 @@ def md_table(header, rows):
     return '\n'.join(out)
 
 
+#: Figure 1's main table: the newest run of all three methods at the default cut.
+FIGURE1_MAIN = 'learn_latency_all_default_cut.json'
+#: Figure 2: a second learn-time run (quieter machine, MobileNetV2 timed with random weights).
+FIGURE2_TIMES = 'layer_table_learn_time_v2.json'
+
+
 def learn_latency(plt, parts):
     """Render the figure 1 table and plot."""
-    d = load('learn_latency.json')
+    d = load(FIGURE1_MAIN) or load('learn_latency.json')
     if not d:
         return
     if 'ratios' not in d:   # interrupted run: summarise the rounds it completed
@@ -194,7 +200,7 @@ def accuracy(plt, parts):
             rows.append([method, f"{100 * s['final_mean']:.1f}{spread('final_std')}",
                          f"{100 * s['mean_mean']:.1f}{spread('mean_std')}", s['n'],
                          ','.join(map(str, s['batches']))])
-        text = (f'## Figure 7: accuracy, {title} (%, mean ± std over runs)\n\n'
+        text = (f'## Figure 7, early stretch: {title} (%, mean ± std over runs)\n\n'
                 + md_table(['method', 'final', 'mean over the stream', 'runs', 'batches'],
                            rows))
         short = load(f'accuracy_{scen}_b14.json')
@@ -235,11 +241,88 @@ def accuracy(plt, parts):
         plt.close(fig)
 
 
+#: Figure 7 over whole streams: (label, source, key). Sources under docs/results/ are
+#: latent-replay-eval outputs (percent); the others accuracy.py outputs here (fractions).
+WHOLE_STREAMS = {
+    'COIL-100 clutter NIC, 383 batches': [
+        ('ours, default (lower_precision auto = int8)', 'docs/coil100_clutter_int8_run0',
+         'default'),
+        ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
+        ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
+        ('ours, lr_incremental 3e-4 (earlier default)', 'docs/coil100_clutter_all', 'default'),
+        ('ours, naive fine-tuning', 'docs/coil100_clutter_all', 'naive'),
+        ('Avalanche Cumulative, 10 batches/experience',
+         'accuracy_clutter_cumulative_full.json', 'av_cumulative'),
+        ('Avalanche Naive', 'accuracy_clutter_full_naive.json', 'av_naive'),
+        ('nearest class mean (frozen features)', 'accuracy_clutter_full_heads.json', 'ncm'),
+        ('streaming LDA (frozen features)', 'accuracy_clutter_full_heads.json', 'slda'),
+    ],
+    'COIL-100 NIC_coil, 138 batches': [
+        ('ours, default (lower_precision auto = int8)', 'docs/nic_coil_int8_run0', 'default'),
+        ('ours, float32 lower part', 'docs/nic_coil_lr1e3_run0', 'default'),
+        ('ours, lr_incremental 3e-4 (earlier default)', 'docs/nic_coil', 'default'),
+        ('ours, naive fine-tuning', 'docs/nic_coil', 'naive'),
+        ('Avalanche Naive', 'accuracy_nic_coil_full_cheap.json', 'av_naive'),
+        ('nearest class mean (frozen features)', 'accuracy_nic_coil_full_cheap.json', 'ncm'),
+        ('streaming LDA (frozen features)', 'accuracy_nic_coil_full_cheap.json', 'slda'),
+    ],
+}
+
+
+def _whole_stream_row(label, source, key):
+    if source.startswith('docs/'):
+        path = RESULTS.parents[1] / 'docs' / 'results' / source[5:] / 'results.json'
+        if not path.exists():
+            return None
+        s = json.loads(path.read_text())['summary'].get(key)
+        if not s:
+            return None
+        final, final_sd, mean, mean_sd = (s['final_accuracy_mean'], s['final_accuracy_std'],
+                                          s['mean_accuracy_mean'], s['mean_accuracy_std'])
+        runs = ','.join(src.rsplit('/', 1)[-1] for src in s['sources'])
+        where = f'docs/results/{source[5:]}'
+    else:
+        d = load(source)
+        s = d.get('summary', {}).get(key) if d else None
+        if not s:
+            return None
+        final, final_sd, mean, mean_sd = (100 * s['final_mean'], 100 * s['final_std'],
+                                          100 * s['mean_mean'], 100 * s['mean_std'])
+        runs = ','.join(s['runs'])
+        where = source
+    spread = (lambda v: f' ± {v:.1f}') if ',' in runs else (lambda v: '')
+    return [label, f'{final:.1f}{spread(final_sd)}', f'{mean:.1f}{spread(mean_sd)}', runs,
+            where]
+
+
+def accuracy_whole_streams(plt, parts):
+    """Render figure 7 over whole streams from every source that exists."""
+    for title, sources in WHOLE_STREAMS.items():
+        rows = [r for r in (_whole_stream_row(*src) for src in sources) if r]
+        if not rows:
+            continue
+        parts.append(f'## Figure 7 over whole streams: {title} (%)\n\n' + md_table(
+            ['method', 'final', 'mean over the stream', 'runs', 'source'], rows))
+        fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.0))
+        labels = [f"{r[0]}, run {r[3].replace('run', '')}" for r in rows]
+        ax.barh(labels[::-1], [float(r[1].split(' ')[0]) for r in rows][::-1], color='C2')
+        ax.set_xlabel('final accuracy %')
+        ax.set_xlim(0, 100)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis='y', labelsize=7)
+        fig.tight_layout()
+        name = 'clutter' if 'clutter' in title else 'nic_coil'
+        fig.savefig(RESULTS / f'accuracy_whole_{name}.png', dpi=110)
+        plt.close(fig)
+
+
 def layer_table(plt, parts):
     """Render the figure 2 table and plot."""
     d = load('layer_table.json')
     if not d:
         return
+    second = load(FIGURE2_TIMES) or {'rows': []}
+    again = {(r['backbone'], r['cut']): r.get('learn_seconds_median') for r in second['rows']}
     rows = []
     for r in d['rows']:
         acc = r.get('accuracy')
@@ -247,11 +330,16 @@ def layer_table(plt, parts):
                      'x'.join(map(str, r['latent_shape'])), r['bytes_per_pattern']['uint8'],
                      r['bytes_per_pattern']['float16'], r['bytes_per_pattern']['float32'],
                      fmt(r.get('learn_seconds_median')),
+                     fmt(again.get((r['backbone'], r['cut']))),
                      fmt(100 * acc['final'], 1) if acc else '-',
                      fmt(100 * acc['mean'], 1) if acc else '-'])
-    parts.append('## Figure 2: the layer table (paper Table I) on our backbones\n\n' + md_table(
+    text = ('## Figure 2: the layer table (paper Table I) on our backbones\n\n' + md_table(
         ['backbone', 'cut', 'latent', 'B/pattern uint8', 'B/pattern fp16', 'B/pattern fp32',
-         'learn s / episode', 'final acc %', 'mean acc %'], rows) + '\n\n' + context(d))
+         'learn s / episode', f'learn s, {FIGURE2_TIMES}', 'final acc %', 'mean acc %'], rows)
+        + '\n\n' + context(d))
+    if second['rows']:
+        text += f'\n\n{FIGURE2_TIMES}: ' + context(second)
+    parts.append(text)
     lite = [r for r in d['rows'] if r['backbone'] == 'efficientnet_lite0']
     if lite:
         fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -335,12 +423,22 @@ def main():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     parts = []
-    for fn in (learn_latency, layer_table, predict_latency, node, memory, scaling, accuracy):
+    for fn in (learn_latency, layer_table, predict_latency, node, memory, scaling, accuracy,
+               accuracy_whole_streams):
         try:
             fn(plt, parts)
         except Exception as exc:  # noqa: B902 - one broken file must not hide the others
             parts.append(f'## {fn.__name__}: could not render ({type(exc).__name__}: {exc})')
-    (RESULTS / 'tables.md').write_text('\n\n'.join(parts) + '\n')
+    text = '\n\n'.join(parts) + '\n'
+    (RESULTS / 'tables.md').write_text(text)
+    readme = RESULTS.parent / 'README.md'
+    begin, end = '<!-- tables:begin -->\n', '<!-- tables:end -->'
+    doc = readme.read_text()
+    if begin in doc and end in doc:   # the README shows the same tables, one level down
+        head, rest = doc.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        readme.write_text(head + begin + text.replace('\n## ', '\n### ').replace(
+            '## ', '### ', 1) + end + tail)
     print((RESULTS / 'tables.md').read_text())
 
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from common import (Recorder, load_frames, parse_common, rss_bytes, set_threads,
-                    tune_malloc_now)
+from common import (DEFAULT_CUT, Recorder, load_frames, parse_common, rss_bytes,
+                    set_threads, tune_malloc_now)
 
 
 def timed_episode(learner, lat, lab):
@@ -38,7 +38,7 @@ def vs_batches(threads, points, episode_lat, episode_lab):
     from accuracy import encode_all, scenario_of, split
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     scen = scenario_of('clutter', 0, None)
-    data = encode_all(scen, 'efficientnet_lite0', 'blocks.5.1', threads,
+    data = encode_all(scen, 'efficientnet_lite0', DEFAULT_CUT, threads,
                       f'clutter_run0_b{len(scen.batches)}')
     batches, _ = split(data, scen)
     lat, labels = data['latents'], data['labels']
