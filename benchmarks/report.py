@@ -388,7 +388,7 @@ def node(plt, parts):
 
 def scaling(plt, parts):
     """Render the figure 6 tables and plot."""
-    d = load('scaling.json')
+    d = load('scaling_full.json') or load('scaling.json')
     if not d:
         return
     text = '## Figure 6: scaling\n\n'
@@ -404,16 +404,23 @@ def scaling(plt, parts):
                            fmt(r['replay_bytes'] / MB), fmt(r['rss_bytes'] / MB, 0)]
                           for r in d['vs_batches']]) + '\n\n'
     parts.append(text + context(d))
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    if d.get('vs_classes'):
-        axes[0].plot([r['classes'] for r in d['vs_classes']],
-                     [r['learn_seconds_300'] for r in d['vs_classes']], 'o-')
-        axes[0].set_xlabel('classes')
-        axes[0].set_ylabel('learn s / 300-frame episode')
-    if d.get('vs_batches'):
-        axes[1].plot([r['batches_seen'] for r in d['vs_batches']],
-                     [r['learn_seconds_300'] for r in d['vs_batches']], 'o-')
-        axes[1].set_xlabel('batches seen')
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5), sharex='col')
+    for col, (key, x, label) in enumerate((('vs_classes', 'classes', 'classes'),
+                                           ('vs_batches', 'batches_seen', 'batches seen'))):
+        rows = d.get(key) or []
+        if not rows:
+            continue
+        xs = [r[x] for r in rows]
+        axes[0][col].plot(xs, [r['learn_seconds_300'] for r in rows], 'o-')
+        axes[0][col].set_ylabel('learn s / 300-frame episode')
+        axes[0][col].set_ylim(bottom=0)
+        axes[1][col].plot(xs, [r['rss_bytes'] / MB for r in rows], 'o-', label='process RSS')
+        axes[1][col].plot(xs, [r['replay_bytes'] / MB for r in rows], 's-',
+                          label='replay memory')
+        axes[1][col].set_ylabel('MB')
+        axes[1][col].set_ylim(bottom=0)
+        axes[1][col].set_xlabel(label)
+        axes[1][col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / 'scaling.png', dpi=110)
     plt.close(fig)
