@@ -114,7 +114,8 @@ def predict_latency(plt, parts):
     if not d or 'floors_met' not in d:
         return
     rows = []
-    names = {'onnxruntime': 'onnxruntime', 'int8': 'onnxruntime, int8 lower part',
+    names = {'onnxruntime': 'onnxruntime, float32 lower part',
+             'int8': 'onnxruntime, int8 lower part (default)',
              'torch': 'torch (eager)'}
     for backend, r in d['results'].items():
         rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
