@@ -252,7 +252,7 @@ WHOLE_STREAMS = {
          'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
-        ('ours, lr_incremental 3e-4 (earlier default)', 'docs/coil100_clutter_all', 'default'),
+        ('ours, lr_incremental 3e-4 (earlier)', 'docs/coil100_clutter_all', 'default'),
         ('ours, naive fine-tuning', 'docs/coil100_clutter_all', 'naive'),
         ('Avalanche Cumulative, 10 batches/experience',
          'accuracy_clutter_cumulative_full.json', 'av_cumulative'),
@@ -263,7 +263,7 @@ WHOLE_STREAMS = {
     'COIL-100 NIC_coil, 138 batches': [
         ('ours, default (lower_precision auto = int8)', 'docs/nic_coil_int8_run0', 'default'),
         ('ours, float32 lower part', 'docs/nic_coil_lr1e3_run0', 'default'),
-        ('ours, lr_incremental 3e-4 (earlier default)', 'docs/nic_coil', 'default'),
+        ('ours, lr_incremental 3e-4 (earlier)', 'docs/nic_coil', 'default'),
         ('ours, naive fine-tuning', 'docs/nic_coil', 'naive'),
         ('Avalanche Naive', 'accuracy_nic_coil_full_cheap.json', 'av_naive'),
         ('nearest class mean (frozen features)', 'accuracy_nic_coil_full_cheap.json', 'ncm'),
