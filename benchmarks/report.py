@@ -250,6 +250,8 @@ WHOLE_STREAMS = {
          'default'),
         ('ours, default (lower_precision auto = int8)', 'docs/coil100_clutter_default_run2',
          'default'),
+        ('ours, default (lower_precision auto = int8)', 'docs/coil100_clutter_default_run3',
+         'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/coil100_clutter_all', 'default'),
