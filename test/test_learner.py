@@ -240,7 +240,6 @@ def test_auto_precision_is_int8_only_for_a_frozen_onnx_lower_part():
     assert slowed.effective_lower_precision() == 'float32'
     assert _config(lower_runtime='auto', lower_precision='float32') \
         .effective_lower_precision() == 'float32'
-    assert _config(lower_runtime='auto').architecture_key()['lower_precision'] == 'int8'
 
 
 def test_auto_precision_takes_float32_when_the_int8_graph_is_unusable(

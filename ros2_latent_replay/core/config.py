@@ -155,8 +155,7 @@ class LearnerConfig:
         return cls(**converted).validate()
 
     def architecture_key(self) -> Dict[str, Any]:
-        """Fields a checkpoint must match to be loadable into this configuration."""
+        """Fields a checkpoint must match (the learner adds the lower precision in use)."""
         return {'backbone': self.backbone, 'latent_layer': self.latent_layer,
                 'input_size': self.input_size, 'max_classes': self.max_classes,
-                'replay_size': self.replay_size, 'replay_storage': self.replay_storage,
-                'lower_precision': self.effective_lower_precision()}
+                'replay_size': self.replay_size, 'replay_storage': self.replay_storage}

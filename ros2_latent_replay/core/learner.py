@@ -652,11 +652,12 @@ class ContinualLearner:
                     f'{value!r}; refusing to load it')
         theirs = None
         if isinstance(state.get('config'), dict):
-            # files written before lower_precision existed hold float32 latents
-            their_config = {'lower_precision': 'float32', **state['config']}
-            theirs = LearnerConfig.from_dict(their_config).architecture_key()
-            theirs['lower_precision'] = backbone.get('lower_precision',
-                                                     theirs['lower_precision'])
+            theirs = LearnerConfig.from_dict(state['config']).architecture_key()
+            # the precision in use is recorded with the backbone; files written before
+            # lower_precision existed hold float32 latents
+            asked = state['config'].get('lower_precision')
+            theirs['lower_precision'] = backbone.get(
+                'lower_precision', asked if asked in ('float32', 'int8') else 'float32')
         mine = self.architecture_key()
         if theirs != mine:
             differ = {k: v for k, v in (theirs or {}).items() if mine.get(k) != v} or theirs
