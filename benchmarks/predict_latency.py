@@ -5,8 +5,9 @@ Batch 1; the learning step runs in another thread.
 Learners with the default configuration, one running both parts in eager PyTorch
 (``lower_runtime='torch'``, ``upper_runtime='torch'``), one in ONNX Runtime with the
 float32 lower part (``lower_precision='float32'``, backend name ``onnxruntime``) and one in
-ONNX Runtime with the int8 lower part (the default, backend name ``int8``), are taught real frames
-(memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
+ONNX Runtime with the int8 lower part (the default, backend name ``int8``) and one with
+the upper part in int8 as well (``upper_precision='int8'``, backend name ``int8_upper``),
+are taught real frames (memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
 first idle, then while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed)
 in a background thread, as the node does. Latencies are per call (preprocessing + lower
 part + upper part + softmax). Threads: torch and ONNX Runtime intra-op threads set
@@ -22,6 +23,8 @@ import numpy as np
 
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import Ours, observe_grouped
+
+BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper']   # order fixes each one's frames
 
 
 def measure_idle(learner, frames, count):
@@ -54,6 +57,37 @@ def measure_parts(learner, frames, count):
         encode.append(t1 - t0)
         upper.append(t2 - t1)
     return {'encode_ms': ms(encode), 'upper_softmax_topk_ms': ms(upper)}
+
+
+def measure_network_alone(learner, frames, count):
+    """Latency of the ONNX Runtime sessions alone, for the same frames as ``measure_idle``.
+
+    Frames are normalised beforehand; each call runs the lower part's session and the
+    upper part's session back to back on one frame, nothing else. This is the floor a
+    ``predict()`` call cannot go under on this machine at this moment, so the difference
+    says what the rest of the call (checks, preprocessing, softmax, top-k) costs, and the
+    figure itself says how fast the host is today. ``None`` when a part is not in ONNX
+    Runtime.
+    """
+    lower, upper = learner._runtime, learner._upper_runtime   # a benchmark may peek
+    if lower is None or lower.backend != 'onnxruntime' or upper is None:
+        return None
+    from ros2_latent_replay.core.preprocessing import frames_to_tensor
+    backbone = learner._backbone
+    size = learner.config.input_size
+    inputs = [frames_to_tensor(f[None], size, backbone.mean, backbone.std).numpy()
+              for f in frames]
+    low, up = lower._session, upper._session
+    low_in, low_out = low.get_inputs()[0].name, low.get_outputs()[0].name
+    up_in, up_out = up.get_inputs()[0].name, up.get_outputs()[0].name
+    out = []
+    for i in range(count + 10):
+        t0 = time.perf_counter()
+        latent = low.run([low_out], {low_in: inputs[i % len(inputs)]})[0]
+        up.run([up_out], {up_in: latent})
+        if i >= 10:
+            out.append(time.perf_counter() - t0)
+    return out
 
 
 def measure_during_learn(learner, frames, ep_frames, ep_labels):
@@ -96,9 +130,10 @@ def main():
     parse_common(parser)
     parser.add_argument('--calls', type=int, default=None)
     parser.add_argument('--learn-rounds', type=int, default=None)
-    parser.add_argument('--backends', default='onnxruntime,int8,torch',
+    parser.add_argument('--backends', default='onnxruntime,int8,int8_upper,torch',
                         help='comma-separated: onnxruntime, int8 (ONNX Runtime, int8 lower '
-                             'part), torch')
+                             'part: the default), int8_upper (int8 lower and upper parts), '
+                             'torch')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -109,17 +144,20 @@ def main():
                                        'threads_onnxruntime': args.threads,
                                        'calls_idle': calls, 'learn_rounds': learn_rounds,
                                        'batch': 1, 'input_size': 128})
-    frames, labels = load_frames('clutter', 0, count=1500 + 300 * (3 * learn_rounds))
+    frames, labels = load_frames('clutter', 0,
+                                 count=1500 + 300 * (len(BACKENDS) * learn_rounds))
     test, _ = load_frames('clutter', 0, count=200, test=True)
     results = {}
     for backend in args.backends.split(','):
         from ros2_latent_replay.core import ContinualLearner, LearnerConfig
         ours = Ours.__new__(Ours)
+        int8 = backend in ('int8', 'int8_upper')
         ours.learner = ContinualLearner(LearnerConfig(
             threads=args.threads,
-            lower_runtime='onnxruntime' if backend == 'int8' else backend,
-            lower_precision='int8' if backend == 'int8' else 'float32',
-            upper_runtime='torch' if backend == 'torch' else 'auto'))
+            lower_runtime='onnxruntime' if int8 else backend,
+            lower_precision='int8' if int8 else 'float32',
+            upper_runtime='torch' if backend == 'torch' else 'auto',
+            upper_precision='int8' if backend == 'int8_upper' else 'float32'))
         learner = ours.learner
         learner.config.epochs = 1
         observe_grouped(learner, frames[:1000], labels[:1000])
@@ -129,8 +167,9 @@ def main():
         learner.config.epochs = 4
         idle = measure_idle(learner, test, calls)
         parts = measure_parts(learner, test, calls)
+        alone = measure_network_alone(learner, test, calls)
         busy, learn_s = [], []
-        base = 1500 + 300 * learn_rounds * ['onnxruntime', 'int8', 'torch'].index(backend)
+        base = 1500 + 300 * learn_rounds * BACKENDS.index(backend)
         for r in range(learn_rounds):
             s, e = base + 300 * r, base + 300 * (r + 1)
             lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
@@ -140,7 +179,9 @@ def main():
         results[backend] = {
             'backend_used': learner.lower_backend,
             'lower_precision': learner.lower_precision,
+            'upper_precision': learner.upper_precision,
             'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
+            'network_alone_ms': ms(alone) if alone else None,
             'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
             'learn_seconds_with_predictions': learn_s,
             'slowdown_p50': (float(np.median(busy)) / float(np.median(idle))) if busy
@@ -164,6 +205,14 @@ def main():
         ratios['ort_over_int8_idle_p50'] = ort['idle_ms']['p50'] / int8['idle_ms']['p50']
         ratios['eager_over_int8_idle_p50'] = results['torch']['idle_ms']['p50'] \
             / int8['idle_ms']['p50']
+    if 'int8_upper' in results:
+        both = results['int8_upper']
+        floors['int8 lower + int8 upper idle p50 <= 2 ms'] = both['idle_ms']['p50'] <= 2.0
+        floors['int8 lower + int8 upper during-learn p50 <= 3x idle p50'] = \
+            (both['slowdown_p50'] or 99) <= 3.0
+        if 'int8' in results:
+            ratios['int8_over_int8_upper_idle_p50'] = results['int8']['idle_ms']['p50'] \
+                / both['idle_ms']['p50']
     rec.write(args.out or 'predict_latency.json', partial=False, results=results,
               floors_met=floors, **ratios)
     print(floors)

@@ -116,19 +116,24 @@ def predict_latency(plt, parts):
     rows = []
     names = {'onnxruntime': 'onnxruntime, float32 lower part',
              'int8': 'onnxruntime, int8 lower part (default)',
+             'int8_upper': 'onnxruntime, int8 lower and upper parts (upper_precision int8)',
              'torch': 'torch (eager)'}
     for backend, r in d['results'].items():
         rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
                      fmt(r['idle_ms']['p99']),
                      fmt(r['during_learn_ms'].get('p50')), fmt(r['during_learn_ms'].get('p99')),
-                     r['during_learn_ms'].get('n'), fmt(r['slowdown_p50'], 2) + 'x'])
+                     r['during_learn_ms'].get('n'), fmt(r['slowdown_p50'], 2) + 'x',
+                     fmt((r.get('network_alone_ms') or {}).get('p50'))])
     floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
     parts.append('## Figure 3: predict latency per frame (batch 1, ms)\n\n' + md_table(
         ['lower part runs on', 'idle p50', 'idle p99', 'learning p50', 'learning p99',
-         'calls during learning', 'slowdown p50'], rows)
+         'calls during learning', 'slowdown p50', 'ONNX sessions alone p50'], rows)
         + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x"
         + (f"; ONNX Runtime float32 / int8 lower part: {d['ort_over_int8_idle_p50']:.2f}x"
            if 'ort_over_int8_idle_p50' in d else '')
+        + (f"; int8 lower part / int8 lower and upper parts: "
+           f"{d['int8_over_int8_upper_idle_p50']:.2f}x"
+           if 'int8_over_int8_upper_idle_p50' in d else '')
         + f'. Floors: {floors}.\n\n' + context(d))
     fig, ax = plt.subplots(figsize=(6, 3))
     labels, vals = [], []
@@ -364,6 +369,28 @@ def layer_table(plt, parts):
         plt.close(fig)
 
 
+def upper_precision(plt, parts):
+    """Render figure 3b: the same trained models predicting with an int8 or float32 upper part."""
+    d = load('upper_precision.json')
+    if not d or not d.get('results'):
+        return
+    rows = []
+    for r in d['results']:
+        rows.append([r['state'], r['steps'], r['classes'], fmt(r['accuracy']['float32']),
+                     fmt(r['accuracy']['int8']), fmt(r['agreement'], 1),
+                     fmt(r['predict_ms']['float32']['p50']), fmt(r['predict_ms']['int8']['p50']),
+                     fmt(r['float32_over_int8_p50']) + 'x'])
+    s = d['settings']
+    parts.append(
+        f"## Figure 3b: upper part in int8 vs float32, same trained models "
+        f"({s['scenario']} run {s['run']}, whole test set of {s['test_frames']} frames)\n\n"
+        + md_table(['state', 'steps', 'classes', 'accuracy float32 %', 'accuracy int8 %',
+                    'same label %', 'predict p50 float32 ms', 'predict p50 int8 ms',
+                    'float32 / int8'], rows)
+        + '\n\nBoth learners run the int8 lower part (the default); the int8 upper part is '
+        'calibrated on the state\'s replay memory, as after a restart.\n\n' + context(d))
+
+
 def node(plt, parts):
     """Render the figure 4 table."""
     d = load('node_throughput.json')
@@ -435,8 +462,8 @@ def main():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     parts = []
-    for fn in (learn_latency, layer_table, predict_latency, node, memory, scaling, accuracy,
-               accuracy_whole_streams):
+    for fn in (learn_latency, layer_table, predict_latency, upper_precision, node, memory,
+               scaling, accuracy, accuracy_whole_streams):
         try:
             fn(plt, parts)
         except Exception as exc:  # noqa: B902 - one broken file must not hide the others

@@ -52,6 +52,8 @@ def figures(quick, threads):
     return [
         ('learn_latency', 'bench', ['learn_latency.py'] + q + t + out('learn_latency')),
         ('predict_latency', 'bench', ['predict_latency.py'] + q + t + out('predict_latency')),
+        ('upper_precision', 'bench', ['upper_precision.py', '--scenario', 'clutter'] + q + t
+         + out('upper_precision')),
         ('memory', 'bench', ['memory.py'] + q + t + (['--no-rss'] if quick else [])
          + out('memory')),
         ('accuracy_clutter', 'bench', ['accuracy.py', '--scenario', 'clutter'] + acc + t

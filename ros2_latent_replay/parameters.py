@@ -82,6 +82,11 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
     'upper_runtime': ('engine for predictions with the trained upper part (auto = ONNX '
                       'Runtime, re-exported after every learn step, when available)',
                       None, None, core_config.UPPER_RUNTIMES),
+    'upper_precision': ('number format of the upper part for predictions (auto runtime): '
+                        'int8 = its graph quantized after every learn step on the latents '
+                        'just trained on (~0.5 s per step; faster predictions, logits checked '
+                        'against float32, float32 when the check fails); learning and state '
+                        'files stay float32', None, None, core_config.UPPER_PRECISIONS),
     'replay_size': ('replay memory capacity in latent patterns (0 = no replay)',
                     (0, 1_000_000), None, None),
     'replay_policy': ('which patterns the replay memory keeps', None, None,

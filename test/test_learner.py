@@ -331,3 +331,65 @@ def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path
             assert loaded.upper_backend == 'torch'
         with pytest.raises(InputError):
             fast.probabilities(latents[:0])
+
+
+def test_int8_upper_part_serves_predictions_close_to_float32_and_saves_float32(
+        tmp_path, views):
+    """upper_precision int8 changes how predictions run, never the model or its file."""
+    state = tmp_path / 'state.pt'
+    frames = [frame for name in OBJECTS for frame in views[name][1]]
+    with ContinualLearner(_config(upper_precision='int8')) as fast:
+        assert fast.upper_precision == 'float32'      # nothing learned: no graph yet
+        _teach(fast, views)
+        assert (fast.upper_backend, fast.upper_precision) == ('onnxruntime', 'int8')
+        assert fast.stats()['upper_precision'] == 'int8'
+        assert fast._upper_runtime.min_cosine >= fast._upper_runtime.INT8_MIN_COSINE
+        latents = fast.encode(frames)
+        got = fast.probabilities(latents)
+        fast.save(str(state))
+        with ContinualLearner(_config()) as plain:    # same file, float32 predictions
+            plain.load(str(state))
+            assert plain.upper_precision == 'float32'
+            expected = plain.probabilities(latents)
+            eager = plain.probabilities(latents, upper=plain._upper)
+        assert float((expected - eager).abs().max()) <= 1e-4
+        assert 0 < float((got - expected).abs().max()) <= 0.05   # int8 differs, a little
+        agree = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+        assert agree >= 0.9
+        assert _accuracy(fast, views) >= 0.8
+    with ContinualLearner(_config(upper_precision='int8')) as loaded:
+        loaded.load(str(state))                       # calibrated on its replay memory
+        assert loaded.upper_precision == 'int8'
+        assert float((loaded.probabilities(latents) - expected).abs().max()) <= 0.05
+
+
+def test_int8_upper_part_falls_back_to_float32_with_a_warning(monkeypatch, caplog, tmp_path,
+                                                              views):
+    from ros2_latent_replay.core.upper_runtime import UpperInferenceRuntime
+    monkeypatch.setattr(UpperInferenceRuntime, 'INT8_MIN_COSINE', 1.01)   # no graph passes
+    with ContinualLearner(_config(upper_precision='int8')) as lrn:
+        with caplog.at_level('WARNING'):
+            _teach(lrn, views, OBJECTS[:2])
+        assert (lrn.upper_backend, lrn.upper_precision) == ('onnxruntime', 'float32')
+        assert 'int8 graph is unusable' in caplog.text and 'too far from float32' in caplog.text
+        assert [p['label'] for p in lrn.predict(views['coffee'][1])].count('coffee') >= 4
+    monkeypatch.undo()
+    caplog.clear()
+    naive = _config(upper_precision='int8', strategy='naive')     # naive: no replay memory
+    with ContinualLearner(naive) as lrn:
+        with caplog.at_level('WARNING'):
+            _teach(lrn, views, OBJECTS[:1])           # one class: logits all zero, still int8
+        assert lrn.upper_precision == 'int8' and 'unusable' not in caplog.text
+        lrn.save(str(tmp_path / 'state.pt'))
+    with ContinualLearner(naive) as empty:
+        with caplog.at_level('WARNING'):              # nothing to calibrate on after a load
+            empty.load(str(tmp_path / 'state.pt'))
+        assert empty.upper_precision == 'float32'
+        assert 'no latents to calibrate' in caplog.text
+
+
+def test_int8_upper_part_needs_the_onnx_runtime():
+    with pytest.raises(ConfigError, match='upper_precision'):
+        _config(upper_precision='int8', upper_runtime='torch')
+    with pytest.raises(ConfigError, match='upper_precision'):
+        _config(upper_precision='int4')

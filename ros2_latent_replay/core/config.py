@@ -12,6 +12,7 @@ REPLAY_STORAGES = ('uint8', 'float16', 'float32')
 LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
 UPPER_RUNTIMES = ('auto', 'torch')
 LOWER_PRECISIONS = ('auto', 'float32', 'int8')
+UPPER_PRECISIONS = ('float32', 'int8')
 
 
 @dataclass
@@ -51,6 +52,7 @@ class LearnerConfig:
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
+    upper_precision: str = 'float32'   # that graph in int8: faster, logits within ~1%
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
     replay_storage: str = 'uint8'
@@ -81,7 +83,7 @@ class LearnerConfig:
             'strategy': STRATEGIES, 'lower_mode': LOWER_MODES,
             'replay_policy': REPLAY_POLICIES, 'replay_storage': REPLAY_STORAGES,
             'lower_runtime': LOWER_RUNTIMES, 'upper_runtime': UPPER_RUNTIMES,
-            'lower_precision': LOWER_PRECISIONS,
+            'lower_precision': LOWER_PRECISIONS, 'upper_precision': UPPER_PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -110,6 +112,9 @@ class LearnerConfig:
             raise ConfigError("lower_precision='int8' needs lower_mode='frozen' and "
                               "lower_runtime 'auto' or 'onnxruntime' (it is an ONNX Runtime "
                               'graph of the frozen lower part)')
+        if self.upper_precision == 'int8' and self.upper_runtime == 'torch':
+            raise ConfigError("upper_precision='int8' needs upper_runtime='auto' (it is an "
+                              'ONNX Runtime graph of the trained upper part)')
         if self.lower_mode == 'slowed' and self.lower_lr_multiplier <= 0.0:
             # slowed with multiplier 0: only the BRN statistics drift, which is allowed
             pass

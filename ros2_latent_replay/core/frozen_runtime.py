@@ -107,10 +107,15 @@ def export_onnx(module: nn.Module, example: torch.Tensor) -> Tuple[bytes, float,
 
 
 def open_session(data: bytes, threads: int) -> Any:
-    """Open an ONNX Runtime CPU session: sequential, all optimisations, no spinning."""
+    """Open an ONNX Runtime CPU session: sequential, all optimisations, no spinning.
+
+    The session logs errors only: its warnings are about graph clean-ups (e.g. unused
+    constants the exporter left in a quantized graph), printed on stderr at every open.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -340,8 +345,8 @@ class FrozenLowerRuntime:
         self._check(x)
         if self._session is not None:
             array = x.detach().to('cpu', torch.float32).contiguous().numpy()
-            out = self._session.run([_OUTPUT_NAME], {_INPUT_NAME: array})[0]
-            return torch.from_numpy(out).to(x.device)
+            out = torch.from_numpy(self._session.run([_OUTPUT_NAME], {_INPUT_NAME: array})[0])
+            return out if x.device.type == 'cpu' else out.to(x.device)
         with torch.no_grad():
             inputs = x.detach().to(self._device, torch.float32)
             out = self._module(inputs.contiguous(memory_format=torch.channels_last))

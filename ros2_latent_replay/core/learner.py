@@ -18,6 +18,7 @@ processes by name.
 """
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -50,6 +51,8 @@ _LOG = logging.getLogger(__name__)
 STATE_FORMAT = 'ros2_latent_replay.learner'
 STATE_VERSION = 1
 _ENCODE_CHUNK = 64
+#: Latents an int8 upper part is calibrated on after each step (new and replayed ones).
+CALIBRATION_LATENTS = 128
 
 
 class UpperModel(nn.Module):
@@ -151,18 +154,45 @@ class ContinualLearner:
         """Return the settings a state file must match (with the lower precision in use)."""
         return dict(self.config.architecture_key(), lower_precision=self.lower_precision)
 
-    def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
-        """ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager."""
+    def _make_upper_runtime(self, upper: UpperModel, calibration: Optional[torch.Tensor] = None
+                            ) -> Optional[UpperInferenceRuntime]:
+        """ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager.
+
+        ``upper_precision='int8'`` quantizes the graph with ``calibration`` (latents the
+        model was trained on) and takes the float32 graph when that fails or is missing.
+        """
         if self.config.upper_runtime == 'torch' or upper.head.active == 0:
             return None
+        build = functools.partial(UpperInferenceRuntime, upper, self.latent_shape,
+                                  threads=self.config.threads)
+        if self.config.upper_precision == 'int8':
+            try:
+                if calibration is None or len(calibration) == 0:
+                    raise RuntimeError('no latents to calibrate it on (empty replay memory)')
+                return build(precision='int8', calibration=calibration.float().numpy())
+            except Exception as exc:  # noqa: B902 - any failure means: float32
+                _LOG.warning('predictions use the float32 upper part this time: its int8 '
+                             'graph is unusable (%s)', str(exc)[:300])
         try:
-            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads)
+            return build()
         except Exception as exc:  # noqa: B902 - any failure means: eager PyTorch
             if not self._upper_runtime_warned:
                 _LOG.warning('predictions run the upper part in eager PyTorch: ONNX Runtime '
                              'is unavailable for it (%s)', str(exc)[:300])
                 self._upper_runtime_warned = True
             return None
+
+    def _calibration_latents(self, parts: Sequence[torch.Tensor], step: int
+                             ) -> Optional[torch.Tensor]:
+        """Up to :data:`CALIBRATION_LATENTS` of ``parts``, seeded (None unless int8 upper)."""
+        if self.config.upper_precision != 'int8':
+            return None
+        latents = torch.cat([p.detach().float().cpu() for p in parts])
+        if len(latents) == 0:
+            return None
+        gen = torch.Generator().manual_seed(int(self.config.seed) * 7_919 + step)
+        pick = torch.randperm(len(latents), generator=gen)[:CALIBRATION_LATENTS]
+        return latents[pick]
 
     def _new_upper(self) -> UpperModel:
         body = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.upper), **self._brn_kwargs)
@@ -220,6 +250,12 @@ class ContinualLearner:
         return 'onnxruntime' if self._upper_runtime is not None else 'torch'
 
     @property
+    def upper_precision(self) -> str:
+        """'int8' or 'float32': the number format of the upper part predictions run now."""
+        runtime = self._upper_runtime
+        return runtime.precision if runtime is not None else 'float32'
+
+    @property
     def episode_size(self) -> int:
         """Frames collected for the next learning step."""
         with self._episode_lock:
@@ -250,8 +286,10 @@ class ContinualLearner:
             else:
                 with torch.no_grad():
                     chunks.append(self._lower(x))
-        latents = torch.cat(chunks)
-        if not torch.isfinite(latents).all():
+        latents = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        finite = np.isfinite(latents.numpy()).all() if latents.device.type == 'cpu' \
+            else torch.isfinite(latents).all()   # numpy: a fifth of torch's time for one frame
+        if not finite:
             raise InputError('the lower part produced NaN/inf latents for these frames')
         return latents
 
@@ -501,7 +539,8 @@ class ContinualLearner:
                     raise NonFiniteError('training produced NaN/inf weights; the model was '
                                          'left unchanged and the episode was discarded')
 
-        upper_runtime = self._make_upper_runtime(work)
+        upper_runtime = self._make_upper_runtime(
+            work, self._calibration_latents([epoch0_latents, mem_latents], step))
         stored = 0
         if self._memory is not None:
             rng = np.random.default_rng([int(cfg.seed), step])
@@ -695,7 +734,11 @@ class ContinualLearner:
             except Exception as exc:  # noqa: B902
                 raise CheckpointError(f'{source} has an unusable replay memory: {exc}') \
                     from None
-        upper_runtime = self._make_upper_runtime(upper.eval())
+        calibration = None
+        if self._memory is not None and self._memory.fill > 0 \
+                and self.config.upper_precision == 'int8':
+            calibration = self._calibration_latents([self._memory.read_all()[0]], steps)
+        upper_runtime = self._make_upper_runtime(upper.eval(), calibration)
         with self._episode_lock:
             self._upper = upper
             self._upper_runtime = upper_runtime
@@ -773,7 +816,7 @@ class ContinualLearner:
             'replay_bytes': self._memory.nbytes if self._memory is not None else 0,
             'episode_frames': self.episode_size, 'episode_dropped': self._episode_dropped,
             'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
-            'upper_backend': self.upper_backend,
+            'upper_backend': self.upper_backend, 'upper_precision': self.upper_precision,
             'lower_precision': self.lower_precision,
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
             'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,

@@ -1,4 +1,4 @@
-"""An 8-bit integer version of the frozen lower part's ONNX graph.
+"""An 8-bit integer version of the frozen lower part's ONNX graph (and the tool for others).
 
 With the lower part frozen, the same fixed function encodes every training frame and
 every frame to classify, so it may as well be a cheaper function. :func:`quantize_lower`
@@ -17,12 +17,15 @@ moved from 64.7% to 64.9% (calibrating on 200 real frames instead: 65.1%).
 
 The latents differ from float32 ones, so a learner keeps to one precision for its whole
 life: the precision is part of the configuration a checkpoint must match.
+
+:func:`quantize_graph` is the same quantization for any one-input graph and calibration
+set; the int8 upper part for predictions (:mod:`.upper_runtime`) uses it on latents.
 """
 
 import logging
 import os
 import tempfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,22 +97,43 @@ def quantize_lower(data: bytes, input_size: int, mean: Sequence[float],
     Needs the ``onnx`` package and ONNX Runtime's quantization tools; raises their errors
     (ImportError included) when quantization is not possible.
     """
+    images = calibration_images(CALIBRATION_IMAGES, input_size, CALIBRATION_SEED, mean, std)
+    return quantize_graph(data, images, preprocess=True)
+
+
+def quantize_graph(data: bytes, samples: np.ndarray, preprocess: bool = True,
+                   op_types: Optional[Sequence[str]] = None) -> bytes:
+    """Return an int8 version of the one-input float32 graph ``data``, calibrated on ``samples``.
+
+    The settings :data:`QUANTIZATION_VERSION` names: int8 weights per output channel, uint8
+    activations with min/max ranges over ``samples`` (float32, the graph's input layout),
+    ``QLinear*`` operators. ``preprocess`` runs ONNX Runtime's shape inference and graph
+    clean-up first (worth it for a deep graph, ~1 s). ``op_types`` (e.g. ``['Conv']``)
+    quantizes only those operators and leaves the rest float32 (default: all it can).
+    ONNX Runtime's quantizer logs every weight on the root logger and its sessions warn
+    about unused constants on stderr; both are silenced while it runs (ONNX Runtime's
+    default log level is back at WARNING after).
+    """
     import onnx
+    import onnxruntime
     import onnxruntime.quantization  # noqa: F401  (fail before any work when it is missing)
 
     model = onnx.load_from_string(data)
     input_name = model.graph.input[0].name
-    images = calibration_images(CALIBRATION_IMAGES, input_size, CALIBRATION_SEED, mean, std)
     quiet = _QuietQuantizer()
     root = logging.getLogger()
     root.addFilter(quiet)
+    onnxruntime.set_default_logger_severity(3)
     try:
-        return _quantize_files(data, input_name, images)
+        return _quantize_files(data, input_name, np.ascontiguousarray(samples, np.float32),
+                               preprocess, op_types)
     finally:
+        onnxruntime.set_default_logger_severity(2)
         root.removeFilter(quiet)
 
 
-def _quantize_files(data: bytes, input_name: str, images: np.ndarray) -> bytes:
+def _quantize_files(data: bytes, input_name: str, images: np.ndarray, preprocess: bool,
+                    op_types: Optional[Sequence[str]]) -> bytes:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                           QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -117,17 +141,21 @@ def _quantize_files(data: bytes, input_name: str, images: np.ndarray) -> bytes:
     class Reader(_Batches, CalibrationDataReader):
         pass
 
-    with tempfile.TemporaryDirectory(prefix='lower-int8-') as work:
+    with tempfile.TemporaryDirectory(prefix='int8-') as work:
         source = os.path.join(work, 'float32.onnx')
         prepared = os.path.join(work, 'prepared.onnx')
         target = os.path.join(work, 'int8.onnx')
         with open(source, 'wb') as stream:
             stream.write(data)
-        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        if preprocess:
+            quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        else:
+            prepared = source
         quantize_static(prepared, target, Reader(input_name, images),
                         quant_format=QuantFormat.QOperator, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=list(op_types) if op_types else None)
         with open(target, 'rb') as stream:
             return stream.read()
 
@@ -141,4 +169,4 @@ def cosine_similarities(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 __all__ = ['CALIBRATION_IMAGES', 'CALIBRATION_SEED', 'QUANTIZATION_VERSION',
-           'calibration_images', 'cosine_similarities', 'quantize_lower']
+           'calibration_images', 'cosine_similarities', 'quantize_graph', 'quantize_lower']

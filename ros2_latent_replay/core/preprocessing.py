@@ -60,24 +60,25 @@ def frames_to_tensor(frames: Frames, input_size: int, mean: Tuple[float, float, 
     Returns float32 (N, 3, input_size, input_size) with ``(rgb / 255 - mean) / std``.
     """
     items = as_frame_list(frames)
+    if all(f.shape[:2] == (input_size, input_size) for f in items):
+        # numpy, in place, into one NCHW buffer: a third of the time of the same steps in
+        # torch for one frame (fewer dispatches), and the same float32 arithmetic in the
+        # same order, so the result is bit-identical to the general path's
+        x = np.empty((len(items), 3, input_size, input_size), dtype=np.float32)
+        np.copyto(x, np.stack(items).transpose(0, 3, 1, 2))
+        x /= np.float32(255.0)
+        x -= np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        x /= np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+        return torch.from_numpy(x)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    same = all(f.shape[:2] == (input_size, input_size) for f in items)
-    if same:
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(items)))
-        # convert into an NCHW buffer first, so the arithmetic below runs on contiguous
-        # memory and nothing is copied again at the end (3-4x faster for one frame)
-        x = torch.empty((len(items), 3, input_size, input_size), dtype=torch.float32)
-        x.copy_(batch.permute(0, 3, 1, 2))
-        x.div_(255.0)
-    else:
-        outs = []
-        for frame in items:
-            square = torch.from_numpy(np.ascontiguousarray(center_square(frame)))
-            t = square.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-            if t.shape[-1] != input_size:
-                t = F.interpolate(t, size=(input_size, input_size), mode='bilinear',
-                                  align_corners=False, antialias=True)
-            outs.append(t)
-        x = torch.cat(outs).clamp_(0.0, 1.0)
+    outs = []
+    for frame in items:
+        square = torch.from_numpy(np.ascontiguousarray(center_square(frame)))
+        t = square.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if t.shape[-1] != input_size:
+            t = F.interpolate(t, size=(input_size, input_size), mode='bilinear',
+                              align_corners=False, antialias=True)
+        outs.append(t)
+    x = torch.cat(outs).clamp_(0.0, 1.0)
     return x.sub_(mean_t).div_(std_t).contiguous()
