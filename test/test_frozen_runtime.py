@@ -236,6 +236,42 @@ def test_int8_graph_is_cached_apart_from_float32_and_deterministic(
     assert plain.onnx_path != fresh.onnx_path and len(os.listdir(tmp_path)) == 2
 
 
+def test_int8_graph_failing_its_check_is_kept_and_refused_without_quantizing_again(
+        lower, monkeypatch, tmp_path):
+    """Quantization is deterministic: a graph that failed its check fails it from the cache."""
+    import ros2_latent_replay.core.frozen_runtime as frozen_runtime
+
+    monkeypatch.setattr(FrozenLowerRuntime, 'INT8_MIN_COSINE', 1.01)   # no graph passes
+    with pytest.raises(ConfigError, match='too far from float32'):
+        FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8', cache_dir=str(tmp_path))
+    kept = os.listdir(tmp_path)
+    assert len(kept) == 1 and kept[0].startswith('frozen_lower-int8-')
+
+    def quantize_again(*args, **kwargs):
+        raise AssertionError('the lower part was quantized again')
+
+    monkeypatch.setattr(frozen_runtime, 'quantize_lower', quantize_again)
+    with pytest.raises(ConfigError, match='too far from float32'):
+        FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8', cache_dir=str(tmp_path))
+    monkeypatch.setattr(FrozenLowerRuntime, 'INT8_MIN_COSINE', 0.95)
+    passing = FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8',
+                                 cache_dir=str(tmp_path))
+    assert passing.from_cache and passing.min_cosine >= 0.95
+
+
+def test_float32_graph_failing_its_check_from_the_cache_is_exported_again(
+        lower, monkeypatch, tmp_path):
+    """A float32 graph is cheap to export: a cached one that fails its check is replaced."""
+    first = FrozenLowerRuntime(lower, SIZE, cache_dir=str(tmp_path))
+    assert not first.from_cache
+    monkeypatch.setattr(FrozenLowerRuntime, 'TOLERANCE', -1.0)     # nothing passes
+    fallback = FrozenLowerRuntime(lower, SIZE, cache_dir=str(tmp_path))
+    assert fallback.backend == 'torch' and not fallback.from_cache
+    monkeypatch.undo()
+    again = FrozenLowerRuntime(lower, SIZE, cache_dir=str(tmp_path))
+    assert again.backend == 'onnxruntime' and again.from_cache
+
+
 def test_int8_never_falls_back_to_another_engine(tmp_path):
     """int8 with eager PyTorch, or a module ONNX cannot capture, is a ConfigError."""
     with pytest.raises(ConfigError, match='ONNX Runtime only'):

@@ -273,27 +273,43 @@ class FrozenLowerRuntime:
         else:
             path = os.path.join(self.cache_dir, f'frozen_lower-{key[:32]}.onnx')
         if os.path.isfile(path):
+            session = None
             try:
                 with open(path, 'rb') as stream:
-                    self._open_session(stream.read(), cpu_module)
-                self.onnx_path, self.from_cache = path, True
-                return
+                    session = open_session(stream.read(), self.threads)
             except Exception as exc:
                 _LOG.warning('cached ONNX graph %s is unusable (%s); exporting again',
                              path, exc)
+            if session is not None:
+                self.onnx_path, self.from_cache = path, True
+                try:
+                    self._check_and_keep(session, cpu_module)
+                    return
+                except Exception as exc:
+                    if self.precision == 'int8':
+                        # the quantization is deterministic: quantizing again would give
+                        # this graph again, ten seconds later
+                        raise
+                    self.onnx_path, self.from_cache = None, False
+                    _LOG.warning('cached ONNX graph %s fails its check (%s); exporting '
+                                 'again', path, exc)
         data = self._export(cpu_module)
         if self.precision == 'int8':
             start = time.perf_counter()
             data = quantize_lower(data, self.input_size, self._mean, self._std)
             _LOG.info('quantized the frozen lower part to int8 in %.2f s',
                       time.perf_counter() - start)
-        self._open_session(data, cpu_module)
+        session = open_session(data, self.threads)
         try:
+            # cached before the check: an int8 graph that fails it (a network that does
+            # not quantize well) is then refused in a second at the next start, not
+            # quantized again for ten
             _write_atomically(path, data)
             self.onnx_path = path
         except OSError as exc:
             _LOG.warning('could not cache the ONNX graph in %s (%s); it will be exported '
                          'again next time', self.cache_dir, exc)
+        self._check_and_keep(session, cpu_module)
 
     def _export(self, cpu_module: nn.Module) -> bytes:
         example = torch.zeros(2, 3, self.input_size, self.input_size)
@@ -302,8 +318,8 @@ class FrozenLowerRuntime:
                   self.export_seconds, exporter)
         return data
 
-    def _open_session(self, data: bytes, cpu_module: nn.Module) -> None:
-        session = open_session(data, self.threads)
+    def _check_and_keep(self, session: Any, cpu_module: nn.Module) -> None:
+        """Check ``session`` against eager ``cpu_module`` (raises when it fails); keep it."""
         if self.precision == 'int8':
             self.min_cosine = self._check_int8(session, cpu_module)
         else:
