@@ -4,13 +4,15 @@ Batch 1; the learning step runs in another thread.
 
 Learners with the default configuration, one running both parts in eager PyTorch
 (``lower_runtime='torch'``, ``upper_runtime='torch'``), one in ONNX Runtime with the
-float32 lower part (``lower_precision='float32'``, backend name ``onnxruntime``) and one in
+float32 lower part (``lower_precision='float32'``, backend name ``onnxruntime``), one in
 ONNX Runtime with the int8 lower part (the default, backend name ``int8``) and one with
 the upper part in int8 as well (``upper_precision='int8'``, backend name ``int8_upper``),
-are taught real frames (memory filled to 1,500 latents). For each: ``predict(frame)`` on single 128x128 frames,
-first idle, then while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed)
-in a background thread, as the node does. Latencies are per call (preprocessing + lower
-part + upper part + softmax). Threads: torch and ONNX Runtime intra-op threads set
+are taught real frames (memory filled to 1,500 latents). For each: ``predict(frame)`` on
+single 128x128 frames, first idle (the learners taking turns in blocks of 50 calls), then
+while ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed) in a background
+thread, as the node does, then idle again. Latencies are per call (preprocessing + lower
+part + upper part + softmax); "network alone" times the two ONNX Runtime sessions on
+pre-normalised frames, nothing else. Threads: torch and ONNX Runtime intra-op threads set
 explicitly (``--threads``).
 """
 
@@ -22,18 +24,53 @@ import time
 import numpy as np
 
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
-from learn_latency import Ours, observe_grouped
+from learn_latency import observe_grouped
 
 BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper']   # order fixes each one's frames
 
 
-def measure_idle(learner, frames, count):
-    """Latency of ``count`` single-frame predictions (after 10 warm-up calls)."""
-    for f in frames[:10]:
+def build_learner(backend, threads, frames, labels):
+    """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
+    from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+    int8 = backend in ('int8', 'int8_upper')
+    learner = ContinualLearner(LearnerConfig(
+        threads=threads,
+        lower_runtime='onnxruntime' if int8 else backend,
+        lower_precision='int8' if int8 else 'float32',
+        upper_runtime='torch' if backend == 'torch' else 'auto',
+        upper_precision='int8' if backend == 'int8_upper' else 'float32'))
+    learner.config.epochs = 1
+    observe_grouped(learner, frames[:1000], labels[:1000])
+    learner.learn()
+    observe_grouped(learner, frames[1000:1500], labels[1000:1500])
+    learner.learn()
+    learner.config.epochs = 4
+    return learner
+
+
+def alternate(learners, measure, count, block=50):
+    """Run ``measure(learner, n, start)`` for every learner in turns of ``block`` calls.
+
+    Each learner is warmed up with 10 calls first; every learner sees the same frames in
+    the same order. Returns {name: latencies} (None where ``measure`` gives None).
+    """
+    out = {}
+    for name, learner in learners.items():
+        out[name] = [] if measure(learner, 10, 0) is not None else None
+    for start in range(0, count, block):
+        for name, learner in learners.items():
+            if out[name] is not None:
+                out[name] += measure(learner, min(block, count - start), start)
+    return out
+
+
+def measure_idle(learner, frames, count, warmup=10, start=0):
+    """Latency of ``count`` single-frame predictions from frame ``start`` on (after warm-up)."""
+    for f in frames[:warmup]:
         learner.predict(f[None])
     out = []
     for i in range(count):
-        f = frames[i % len(frames)]
+        f = frames[(start + i) % len(frames)]
         t0 = time.perf_counter()
         learner.predict(f[None])
         out.append(time.perf_counter() - t0)
@@ -59,7 +96,7 @@ def measure_parts(learner, frames, count):
     return {'encode_ms': ms(encode), 'upper_softmax_topk_ms': ms(upper)}
 
 
-def measure_network_alone(learner, frames, count):
+def measure_network_alone(learner, frames, count, warmup=10, start=0):
     """Latency of the ONNX Runtime sessions alone, for the same frames as ``measure_idle``.
 
     Frames are normalised beforehand; each call runs the lower part's session and the
@@ -81,11 +118,11 @@ def measure_network_alone(learner, frames, count):
     low_in, low_out = low.get_inputs()[0].name, low.get_outputs()[0].name
     up_in, up_out = up.get_inputs()[0].name, up.get_outputs()[0].name
     out = []
-    for i in range(count + 10):
+    for i in range(count + warmup):
         t0 = time.perf_counter()
-        latent = low.run([low_out], {low_in: inputs[i % len(inputs)]})[0]
+        latent = low.run([low_out], {low_in: inputs[(start + i) % len(inputs)]})[0]
         up.run([up_out], {up_in: latent})
-        if i >= 10:
+        if i >= warmup:
             out.append(time.perf_counter() - t0)
     return out
 
@@ -147,27 +184,17 @@ def main():
     frames, labels = load_frames('clutter', 0,
                                  count=1500 + 300 * (len(BACKENDS) * learn_rounds))
     test, _ = load_frames('clutter', 0, count=200, test=True)
+    backends = args.backends.split(',')
+    learners = {backend: build_learner(backend, args.threads, frames, labels)
+                for backend in backends}
+    # idle figures: the backends take turns in blocks of 50 calls, so a host that speeds up
+    # or slows down during the run (it does, here) weighs on all of them alike
+    idle = alternate(learners, lambda lrn, n, i: measure_idle(lrn, test, n, 0, i), calls)
+    alone = alternate(learners, lambda lrn, n, i: measure_network_alone(lrn, test, n, 0, i),
+                      calls)
     results = {}
-    for backend in args.backends.split(','):
-        from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-        ours = Ours.__new__(Ours)
-        int8 = backend in ('int8', 'int8_upper')
-        ours.learner = ContinualLearner(LearnerConfig(
-            threads=args.threads,
-            lower_runtime='onnxruntime' if int8 else backend,
-            lower_precision='int8' if int8 else 'float32',
-            upper_runtime='torch' if backend == 'torch' else 'auto',
-            upper_precision='int8' if backend == 'int8_upper' else 'float32'))
-        learner = ours.learner
-        learner.config.epochs = 1
-        observe_grouped(learner, frames[:1000], labels[:1000])
-        learner.learn()
-        observe_grouped(learner, frames[1000:1500], labels[1000:1500])
-        learner.learn()
-        learner.config.epochs = 4
-        idle = measure_idle(learner, test, calls)
+    for backend, learner in learners.items():
         parts = measure_parts(learner, test, calls)
-        alone = measure_network_alone(learner, test, calls)
         busy, learn_s = [], []
         base = 1500 + 300 * learn_rounds * BACKENDS.index(backend)
         for r in range(learn_rounds):
@@ -175,21 +202,25 @@ def main():
             lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
             busy += lat
             learn_s.append(sec)
-        idle_after = measure_idle(learner, test, calls // 2)
         results[backend] = {
             'backend_used': learner.lower_backend,
             'lower_precision': learner.lower_precision,
             'upper_precision': learner.upper_precision,
-            'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle), 'idle_parts': parts,
-            'network_alone_ms': ms(alone) if alone else None,
-            'idle_after_ms': ms(idle_after), 'during_learn_ms': ms(busy),
+            'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle[backend]),
+            'idle_parts': parts,
+            'network_alone_ms': ms(alone[backend]) if alone[backend] else None,
+            'during_learn_ms': ms(busy),
             'learn_seconds_with_predictions': learn_s,
-            'slowdown_p50': (float(np.median(busy)) / float(np.median(idle))) if busy
-            else None,
+            'slowdown_p50': (float(np.median(busy)) / float(np.median(idle[backend])))
+            if busy else None,
             'load_average': list(os.getloadavg())}
         print(backend, results[backend], flush=True)
-        learner.close()
         rec.write(args.out or 'predict_latency.json', partial=True, results=results)
+    idle_after = alternate(learners, lambda lrn, n, i: measure_idle(lrn, test, n, 0, i),
+                           calls // 2)
+    for backend, learner in learners.items():
+        results[backend]['idle_after_ms'] = ms(idle_after[backend])
+        learner.close()
     if 'onnxruntime' not in results or 'torch' not in results:
         return
     ort = results['onnxruntime']

@@ -32,7 +32,7 @@ def ms(values):
 
 
 def load_learner(path, precision, threads):
-    """A learner with the state file's settings, ``upper_precision`` and ``threads``."""
+    """Return a learner loaded from ``path``, with ``upper_precision`` and ``threads`` set."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     from ros2_latent_replay.core import checkpoint
     state = checkpoint.load_verified(path)
@@ -46,8 +46,8 @@ def classify(learner, latents):
     """Predicted label of every latent."""
     labels = []
     for start in range(0, len(latents), 256):
-        labels += [r['label'] for r in learner.predict_latents(latents[start:start + 256],
-                                                                top_k=1)]
+        chunk = latents[start:start + 256]
+        labels += [r['label'] for r in learner.predict_latents(chunk, top_k=1)]
     return labels
 
 
@@ -122,8 +122,8 @@ def main():
             predicted = {p: classify(lrn, latents) for p, lrn in learners.items()}
             accuracy = {p: 100.0 * float(np.mean([a == b for a, b in zip(labels, truth)]))
                         for p, labels in predicted.items()}
-            agreement = 100.0 * float(np.mean([a == b for a, b in zip(predicted['float32'],
-                                                                       predicted['int8'])]))
+            pairs = zip(predicted['float32'], predicted['int8'])
+            agreement = 100.0 * float(np.mean([a == b for a, b in pairs]))
             times = time_predict(learners, frames, calls)
             entry = {
                 'state': os.path.basename(path), 'steps': learners['float32'].steps,
