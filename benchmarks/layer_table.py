@@ -47,15 +47,10 @@ def bytes_rows(backbone, cut, random_init):
 def learn_time(backbone, cut, random_init, threads, frames, labels, rounds):
     """Median seconds of one 300-frame learn with a full 1,500-pattern memory."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-    from learn_latency import observe_grouped
+    from learn_latency import fill_memory, observe_grouped
     learner = ContinualLearner(LearnerConfig(backbone=backbone, latent_layer=cut,
                                              random_init=random_init, threads=threads))
-    learner.config.epochs = 1
-    observe_grouped(learner, frames[:1000], labels[:1000])
-    learner.learn()
-    observe_grouped(learner, frames[1000:1500], labels[1000:1500])
-    learner.learn()
-    learner.config.epochs = 4
+    fill_memory(learner, frames, labels)
     times = []
     for r in range(rounds):
         s = 1500 + 300 * r

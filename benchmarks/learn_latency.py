@@ -40,6 +40,16 @@ def observe_grouped(learner, frames, labels):
         learner.observe(frames[labels == label], f'obj{int(label)}')
 
 
+def fill_memory(learner, frames, labels, epochs=4):
+    """Teach the first 1,500 frames in two 1-epoch steps (memory full), then use ``epochs``."""
+    learner.config.epochs = 1
+    observe_grouped(learner, frames[:1000], labels[:1000])
+    learner.learn()
+    observe_grouped(learner, frames[1000:1500], labels[1000:1500])
+    learner.learn()
+    learner.config.epochs = epochs
+
+
 class Ours:
     """Our default learner with its memory pre-filled to 1,500 real latents."""
 

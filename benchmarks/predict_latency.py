@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
-from learn_latency import observe_grouped
+from learn_latency import fill_memory, observe_grouped
 
 BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper']   # order fixes each one's frames
 
@@ -39,12 +39,7 @@ def build_learner(backend, threads, frames, labels):
         lower_precision='int8' if int8 else 'float32',
         upper_runtime='torch' if backend == 'torch' else 'auto',
         upper_precision='int8' if backend == 'int8_upper' else 'float32'))
-    learner.config.epochs = 1
-    observe_grouped(learner, frames[:1000], labels[:1000])
-    learner.learn()
-    observe_grouped(learner, frames[1000:1500], labels[1000:1500])
-    learner.learn()
-    learner.config.epochs = 4
+    fill_memory(learner, frames, labels)
     return learner
 
 
@@ -222,6 +217,7 @@ def main():
         results[backend]['idle_after_ms'] = ms(idle_after[backend])
         learner.close()
     if 'onnxruntime' not in results or 'torch' not in results:
+        rec.write(args.out or 'predict_latency.json', partial=False, results=results)
         return
     ort = results['onnxruntime']
     floors = {'ort idle p50 <= 2 ms': ort['idle_ms']['p50'] <= 2.0,
