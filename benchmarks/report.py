@@ -264,7 +264,10 @@ WHOLE_STREAMS = {
         ('streaming LDA (frozen features)', 'accuracy_clutter_full_heads.json', 'slda'),
     ],
     'COIL-100 NIC_coil, 138 batches': [
-        ('ours, default (lower_precision auto = int8)', 'docs/nic_coil_int8_run0', 'default'),
+        ('ours, default (lower_precision auto = int8)', 'docs/nic_coil_default_5runs',
+         'default'),
+        ('ours, AR1* (strategy ar1, otherwise default)', 'docs/nic_coil_ar1_run0', 'ar1'),
+        ('ours, CWR* (strategy cwr, otherwise default)', 'docs/nic_coil_cwr_run0', 'cwr'),
         ('ours, float32 lower part', 'docs/nic_coil_lr1e3_run0', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/nic_coil', 'default'),
         ('ours, naive fine-tuning', 'docs/nic_coil', 'naive'),
