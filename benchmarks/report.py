@@ -253,6 +253,8 @@ WHOLE_STREAMS = {
     'COIL-100 clutter NIC, 383 batches': [
         ('ours, default (lower_precision auto = int8)', 'docs/coil100_clutter_default_5runs',
          'default'),
+        ('ours, CWR* (strategy cwr, otherwise default)', 'docs/coil100_clutter_cwr_run0',
+         'cwr'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/coil100_clutter_all', 'default'),
