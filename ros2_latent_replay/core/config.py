@@ -52,7 +52,7 @@ class LearnerConfig:
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
-    upper_precision: str = 'float32'   # that graph in int8: faster, logits within ~1%
+    upper_precision: str = 'float32'   # that graph's convolutions in int8 (opt-in, faster)
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
     replay_storage: str = 'uint8'
