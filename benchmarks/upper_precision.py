@@ -21,14 +21,8 @@ import time
 
 import numpy as np
 
-from common import (RESULTS, SCENARIOS, Recorder, parse_common, set_threads, summary,
-                    tune_malloc_now)
-
-
-def ms(values):
-    """Summary in milliseconds."""
-    s = summary([v * 1000.0 for v in values])
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+from common import RESULTS, SCENARIOS, Recorder, parse_common, set_threads, tune_malloc_now
+from predict_latency import ms
 
 
 def load_learner(path, precision, threads):
