@@ -114,10 +114,13 @@ def predict_latency(plt, parts):
     if not d or 'floors_met' not in d:
         return
     rows = []
-    names = {'onnxruntime': 'onnxruntime, float32 lower part',
-             'int8': 'onnxruntime, int8 lower part (default)',
-             'int8_upper': 'onnxruntime, int8 lower and upper parts (upper_precision int8)',
+    names = {'onnxruntime': 'onnxruntime, float32 lower and upper parts',
+             'int8': 'onnxruntime, int8 lower part, float32 upper part',
+             'int8_upper': 'onnxruntime, int8 lower and upper parts',
              'torch': 'torch (eager)'}
+    default = 'int8_upper' if 'int8 lower + int8 upper (default) idle p50 <= 2 ms' \
+        in d['floors_met'] else 'int8'     # the default before upper_precision auto
+    names[default] += ' (default)'
     for backend, r in d['results'].items():
         rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
                      fmt(r['idle_ms']['p99']),
@@ -126,7 +129,7 @@ def predict_latency(plt, parts):
                      fmt((r.get('network_alone_ms') or {}).get('p50'))])
     floors = ', '.join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d['floors_met'].items())
     parts.append('## Figure 3: predict latency per frame (batch 1, ms)\n\n' + md_table(
-        ['lower part runs on', 'idle p50', 'idle p99', 'learning p50', 'learning p99',
+        ['predictions run on', 'idle p50', 'idle p99', 'learning p50', 'learning p99',
          'calls during learning', 'slowdown p50', 'ONNX sessions alone p50'], rows)
         + f"\n\nEager / ONNX Runtime idle p50: {d['eager_over_ort_idle_p50']:.2f}x"
         + (f"; ONNX Runtime float32 / int8 lower part: {d['ort_over_int8_idle_p50']:.2f}x"

@@ -110,7 +110,8 @@ def hostile_files(good_state, tmp_path_factory):
         'truncated last byte': (blob[:-1], 'truncated or corrupted'),
         'bit flip in payload': (flipped(payload_start + len(blob) // 3), 'corrupted'),
         'bit flip in last byte': (flipped(len(blob) - 1), 'corrupted'),
-        'bit flip in checksum': (flipped(payload_start - 5), 'corrupted'),
+        # 0x01: a hex digit stays printable (0x10 turns '0' into a space: another refusal)
+        'bit flip in checksum': (flipped(payload_start - 5, 0x01), 'corrupted'),
         'bit flip in version': (flipped(len(checkpoint.MAGIC) + 1, 0x02), 'version'),
         'bit flip in magic': (flipped(2), 'missing header'),
         'bit flip in header syntax': (flipped(len(checkpoint.MAGIC) + 1), 'malformed header'),

@@ -305,7 +305,7 @@ def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path
     """After each learn the new upper part serves predictions from ONNX Runtime."""
     state = tmp_path / 'state.pt'
     frames = [frame for name in OBJECTS for frame in views[name][1]]
-    with ContinualLearner(_config(upper_runtime='auto')) as fast:
+    with ContinualLearner(_config(upper_precision='float32')) as fast:
         assert fast.upper_backend == 'torch'          # nothing learned yet
         _teach(fast, views, OBJECTS[:2])
         assert fast.upper_backend == 'onnxruntime'
@@ -323,7 +323,7 @@ def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path
             expected = eager.probabilities(latents)
             assert float((got - expected).abs().max()) <= 1e-4
             assert [a['label'] for a in eager.predict(frames)] == [a['label'] for a in answers]
-        with ContinualLearner(_config(upper_runtime='auto')) as loaded:
+        with ContinualLearner(_config(upper_precision='float32')) as loaded:
             loaded.load(str(state))
             assert loaded.upper_backend == 'onnxruntime'
             assert float((loaded.probabilities(latents) - expected).abs().max()) <= 1e-4
@@ -335,10 +335,10 @@ def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path
 
 def test_int8_upper_part_serves_predictions_close_to_float32_and_saves_float32(
         tmp_path, views):
-    """upper_precision int8 changes how predictions run, never the model or its file."""
+    """The int8 upper part (the default) changes how predictions run, not the model or file."""
     state = tmp_path / 'state.pt'
     frames = [frame for name in OBJECTS for frame in views[name][1]]
-    with ContinualLearner(_config(upper_precision='int8')) as fast:
+    with ContinualLearner(_config()) as fast:
         assert fast.upper_precision == 'float32'      # nothing learned: no graph yet
         _teach(fast, views)
         assert (fast.upper_backend, fast.upper_precision) == ('onnxruntime', 'int8')
@@ -347,7 +347,7 @@ def test_int8_upper_part_serves_predictions_close_to_float32_and_saves_float32(
         latents = fast.encode(frames)
         got = fast.probabilities(latents)
         fast.save(str(state))
-        with ContinualLearner(_config()) as plain:    # same file, float32 predictions
+        with ContinualLearner(_config(upper_precision='float32')) as plain:   # same file
             plain.load(str(state))
             assert plain.upper_precision == 'float32'
             expected = plain.probabilities(latents)
@@ -358,9 +358,28 @@ def test_int8_upper_part_serves_predictions_close_to_float32_and_saves_float32(
         assert agree >= 0.9
         assert _accuracy(fast, views) >= 0.8
     with ContinualLearner(_config(upper_precision='int8')) as loaded:
-        loaded.load(str(state))                       # calibrated on its replay memory
+        loaded.load(str(state))          # calibrated on the same memory: the same graph
         assert loaded.upper_precision == 'int8'
-        assert float((loaded.probabilities(latents) - expected).abs().max()) <= 0.05
+        assert torch.equal(loaded.probabilities(latents), got)
+
+
+def test_int8_upper_part_after_a_restart_answers_exactly_as_before(tmp_path, views):
+    """Every step's graph is calibrated on the saved replay memory, so a reload repeats it."""
+    frames = [frame for name in OBJECTS for frame in views[name][1]]
+    with ContinualLearner(_config(upper_precision='int8')) as lrn:
+        latents = None
+        for index, name in enumerate(OBJECTS):
+            lrn.observe(views[name][0], name)
+            lrn.learn()
+            if latents is None:
+                latents = lrn.encode(frames)
+            path = tmp_path / f'step{index}.pt'
+            lrn.save(str(path))
+            before = lrn.probabilities(latents)
+            with ContinualLearner(_config(upper_precision='int8')) as again:
+                again.load(str(path))
+                assert again.upper_precision == lrn.upper_precision == 'int8'
+                assert torch.equal(again.probabilities(latents), before), index
 
 
 def test_int8_upper_part_falls_back_to_float32_with_a_warning(monkeypatch, caplog, tmp_path,
@@ -375,21 +394,21 @@ def test_int8_upper_part_falls_back_to_float32_with_a_warning(monkeypatch, caplo
         assert [p['label'] for p in lrn.predict(views['coffee'][1])].count('coffee') >= 4
     monkeypatch.undo()
     caplog.clear()
-    naive = _config(upper_precision='int8', strategy='naive')     # naive: no replay memory
-    with ContinualLearner(naive) as lrn:
+    with ContinualLearner(_config()) as lrn:
         with caplog.at_level('WARNING'):
             _teach(lrn, views, OBJECTS[:1])           # one class: logits all zero, still int8
         assert lrn.upper_precision == 'int8' and 'unusable' not in caplog.text
-        lrn.save(str(tmp_path / 'state.pt'))
-    with ContinualLearner(naive) as empty:
-        with caplog.at_level('WARNING'):              # nothing to calibrate on after a load
-            empty.load(str(tmp_path / 'state.pt'))
-        assert empty.upper_precision == 'float32'
-        assert 'no latents to calibrate' in caplog.text
+    for no_memory in (dict(strategy='naive'), dict(replay_size=0)):   # nothing to calibrate on
+        with ContinualLearner(_config(**no_memory)) as lrn:
+            assert lrn.config.effective_upper_precision() == 'float32'
+            _teach(lrn, views, OBJECTS[:2])
+            assert (lrn.upper_backend, lrn.upper_precision) == ('onnxruntime', 'float32')
 
 
-def test_int8_upper_part_needs_the_onnx_runtime():
-    with pytest.raises(ConfigError, match='upper_precision'):
-        _config(upper_precision='int8', upper_runtime='torch')
+def test_int8_upper_part_needs_the_onnx_runtime_and_a_replay_memory():
+    for bad in (dict(upper_runtime='torch'), dict(strategy='naive'), dict(replay_size=0)):
+        with pytest.raises(ConfigError, match='upper_precision'):
+            _config(upper_precision='int8', **bad)
+        assert _config(**bad).effective_upper_precision() == 'float32'   # auto: no error
     with pytest.raises(ConfigError, match='upper_precision'):
         _config(upper_precision='int4')

@@ -12,7 +12,7 @@ REPLAY_STORAGES = ('uint8', 'float16', 'float32')
 LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
 UPPER_RUNTIMES = ('auto', 'torch')
 LOWER_PRECISIONS = ('auto', 'float32', 'int8')
-UPPER_PRECISIONS = ('float32', 'int8')
+UPPER_PRECISIONS = ('auto', 'float32', 'int8')
 
 
 @dataclass
@@ -39,6 +39,12 @@ class LearnerConfig:
     (:meth:`effective_lower_precision`): about 1.8x faster per frame than float32 at equal
     accuracy (whole COIL-100 clutter stream, run 0: see the README); a lower part that
     trains (``slowed``), runs in eager PyTorch or does not quantize well stays float32.
+
+    ``upper_precision='auto'`` does the same for the graph of the trained upper part that
+    serves predictions (:meth:`effective_upper_precision`): int8 convolutions, re-quantized
+    after every learning step with activations calibrated on the replay memory, ~1.2x
+    faster per frame at the same accuracy on the same models; float32 without ONNX Runtime
+    for the upper part or without a replay memory to calibrate on.
     """
 
     backbone: str = 'efficientnet_lite0'
@@ -52,7 +58,7 @@ class LearnerConfig:
     lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
-    upper_precision: str = 'float32'   # that graph's convolutions in int8 (opt-in, faster)
+    upper_precision: str = 'auto'  # that graph's convolutions in int8 when it can (below)
     replay_size: int = 1500
     replay_policy: str = 'fill_then_replace'
     replay_storage: str = 'uint8'
@@ -112,9 +118,12 @@ class LearnerConfig:
             raise ConfigError("lower_precision='int8' needs lower_mode='frozen' and "
                               "lower_runtime 'auto' or 'onnxruntime' (it is an ONNX Runtime "
                               'graph of the frozen lower part)')
-        if self.upper_precision == 'int8' and self.upper_runtime == 'torch':
-            raise ConfigError("upper_precision='int8' needs upper_runtime='auto' (it is an "
-                              'ONNX Runtime graph of the trained upper part)')
+        if self.upper_precision == 'int8' and (self.upper_runtime == 'torch'
+                                               or not self.has_replay_memory()):
+            raise ConfigError("upper_precision='int8' needs upper_runtime='auto' and a replay "
+                              "memory (replay_size > 0, strategy not 'naive'): it is an ONNX "
+                              'Runtime graph of the trained upper part calibrated on that '
+                              'memory')
         if self.lower_mode == 'slowed' and self.lower_lr_multiplier <= 0.0:
             # slowed with multiplier 0: only the BRN statistics drift, which is allowed
             pass
@@ -132,6 +141,23 @@ class LearnerConfig:
             return self.lower_precision
         frozen_graph = self.lower_mode == 'frozen' and self.lower_runtime != 'torch'
         return 'int8' if frozen_graph else 'float32'
+
+    def has_replay_memory(self) -> bool:
+        """Whether a learner with these settings keeps a replay memory."""
+        return self.replay_size > 0 and self.strategy != 'naive'
+
+    def effective_upper_precision(self) -> str:
+        """Return the number format asked for predictions' upper part: float32 or int8.
+
+        ``'auto'`` asks for int8 when the upper part runs in ONNX Runtime and a replay
+        memory exists to calibrate it on, float32 otherwise; the learner takes float32 for
+        a step whose int8 graph fails its check
+        (``ContinualLearner.upper_precision`` says which one serves).
+        """
+        if self.upper_precision != 'auto':
+            return self.upper_precision
+        return 'int8' if self.upper_runtime != 'torch' and self.has_replay_memory() \
+            else 'float32'
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict of every field (JSON- and checkpoint-safe)."""

@@ -18,7 +18,6 @@ processes by name.
 """
 
 import copy
-import functools
 import logging
 import threading
 import time
@@ -51,7 +50,7 @@ _LOG = logging.getLogger(__name__)
 STATE_FORMAT = 'ros2_latent_replay.learner'
 STATE_VERSION = 1
 _ENCODE_CHUNK = 64
-#: Latents an int8 upper part is calibrated on after each step (new and replayed ones).
+#: Replay-memory latents an int8 upper part is calibrated on after each step and at a load.
 CALIBRATION_LATENTS = 128
 
 
@@ -154,27 +153,12 @@ class ContinualLearner:
         """Return the settings a state file must match (with the lower precision in use)."""
         return dict(self.config.architecture_key(), lower_precision=self.lower_precision)
 
-    def _make_upper_runtime(self, upper: UpperModel, calibration: Optional[torch.Tensor] = None
-                            ) -> Optional[UpperInferenceRuntime]:
-        """ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager.
-
-        ``upper_precision='int8'`` quantizes the graph with ``calibration`` (latents the
-        model was trained on) and takes the float32 graph when that fails or is missing.
-        """
+    def _make_upper_runtime(self, upper: UpperModel) -> Optional[UpperInferenceRuntime]:
+        """Float32 ONNX Runtime for predictions with ``upper`` (eval mode), or None for eager."""
         if self.config.upper_runtime == 'torch' or upper.head.active == 0:
             return None
-        build = functools.partial(UpperInferenceRuntime, upper, self.latent_shape,
-                                  threads=self.config.threads)
-        if self.config.upper_precision == 'int8':
-            try:
-                if calibration is None or len(calibration) == 0:
-                    raise RuntimeError('no latents to calibrate it on (empty replay memory)')
-                return build(precision='int8', calibration=calibration.float().numpy())
-            except Exception as exc:  # noqa: B902 - any failure means: float32
-                _LOG.warning('predictions use the float32 upper part this time: its int8 '
-                             'graph is unusable (%s)', str(exc)[:300])
         try:
-            return build()
+            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads)
         except Exception as exc:  # noqa: B902 - any failure means: eager PyTorch
             if not self._upper_runtime_warned:
                 _LOG.warning('predictions run the upper part in eager PyTorch: ONNX Runtime '
@@ -182,17 +166,35 @@ class ContinualLearner:
                 self._upper_runtime_warned = True
             return None
 
-    def _calibration_latents(self, parts: Sequence[torch.Tensor], step: int
-                             ) -> Optional[torch.Tensor]:
-        """Up to :data:`CALIBRATION_LATENTS` of ``parts``, seeded (None unless int8 upper)."""
-        if self.config.upper_precision != 'int8':
-            return None
-        latents = torch.cat([p.detach().float().cpu() for p in parts])
-        if len(latents) == 0:
-            return None
-        gen = torch.Generator().manual_seed(int(self.config.seed) * 7_919 + step)
+    def _quantized_upper_runtime(self, upper: UpperModel, steps: int,
+                                 float_runtime: Optional[UpperInferenceRuntime]
+                                 ) -> Optional[UpperInferenceRuntime]:
+        """Return the runtime predictions use for ``upper`` once the memory is up to date.
+
+        With an int8 upper part (:meth:`LearnerConfig.effective_upper_precision`) that is
+        ``float_runtime``'s graph quantized with activations calibrated on
+        :data:`CALIBRATION_LATENTS` latents of the replay memory, picked with a seed of
+        ``steps``. The memory and the step count are saved in the state file, so a learner
+        that loads it builds the very same graph and answers exactly as the one that saved
+        it. ``float_runtime`` serves while the memory is empty, and (with a warning) when the
+        int8 graph fails its check.
+        """
+        memory = self._memory
+        if self.config.effective_upper_precision() != 'int8' or float_runtime is None \
+                or memory is None or memory.fill == 0:
+            return float_runtime
+        latents = memory.read_all()[0]
+        gen = torch.Generator().manual_seed(int(self.config.seed) * 7_919 + int(steps))
         pick = torch.randperm(len(latents), generator=gen)[:CALIBRATION_LATENTS]
-        return latents[pick]
+        try:
+            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads,
+                                         precision='int8',
+                                         calibration=latents[pick].float().numpy(),
+                                         graph=float_runtime.graph)
+        except Exception as exc:  # noqa: B902 - any failure means: float32
+            _LOG.warning('predictions use the float32 upper part this time: its int8 graph '
+                         'is unusable (%s)', str(exc)[:300])
+            return float_runtime
 
     def _new_upper(self) -> UpperModel:
         body = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.upper), **self._brn_kwargs)
@@ -539,8 +541,7 @@ class ContinualLearner:
                     raise NonFiniteError('training produced NaN/inf weights; the model was '
                                          'left unchanged and the episode was discarded')
 
-        upper_runtime = self._make_upper_runtime(
-            work, self._calibration_latents([epoch0_latents, mem_latents], step))
+        upper_runtime = self._make_upper_runtime(work)
         stored = 0
         if self._memory is not None:
             rng = np.random.default_rng([int(cfg.seed), step])
@@ -562,6 +563,11 @@ class ContinualLearner:
             self._memory.write(np.asarray(slots), epoch0_latents[chosen_t],
                                new_ids[chosen_t].numpy().astype(np.int32))
             stored = len(chosen_t)
+        if self.config.effective_upper_precision() == 'int8':
+            quantized = self._quantized_upper_runtime(work, step + 1, upper_runtime)
+            with self._episode_lock:
+                if self._upper is work:
+                    self._upper_runtime = quantized
         seconds = time.perf_counter() - started
         self._last_learn = {
             'step': step, 'classes': list(dict.fromkeys(names)), 'new_classes': new_classes,
@@ -734,11 +740,8 @@ class ContinualLearner:
             except Exception as exc:  # noqa: B902
                 raise CheckpointError(f'{source} has an unusable replay memory: {exc}') \
                     from None
-        calibration = None
-        if self._memory is not None and self._memory.fill > 0 \
-                and self.config.upper_precision == 'int8':
-            calibration = self._calibration_latents([self._memory.read_all()[0]], steps)
-        upper_runtime = self._make_upper_runtime(upper.eval(), calibration)
+        upper_runtime = self._quantized_upper_runtime(
+            upper.eval(), steps, self._make_upper_runtime(upper.eval()))
         with self._episode_lock:
             self._upper = upper
             self._upper_runtime = upper_runtime

@@ -8,10 +8,11 @@ PyTorch at batch 1 on a CPU. :class:`UpperInferenceRuntime` exports one trained 
 the learner builds a new one for the model each step swaps in. The graph lives in memory
 only: nothing is cached on disk, since the weights change at every step.
 
-With ``precision='int8'`` the exported graph is quantized as well (int8 weights, uint8
-activations calibrated on latents the model was just trained on; ~0.5 s more per step):
-its weights take a quarter of the memory, which is what a one-frame call waits for, and
-the logits stay close to float32 ones (checked on the calibration latents).
+With ``precision='int8'`` the graph's convolutions are quantized as well (int8 weights,
+uint8 activations calibrated on latents like the ones to classify: the learner passes
+latents of its replay memory; ~0.4 s more per step): their weights take a quarter of the
+memory, which is what a one-frame call waits for, and the logits stay close to float32
+ones (checked on the calibration latents).
 """
 
 import copy
@@ -53,11 +54,13 @@ class UpperInferenceRuntime:
     INT8_OPS: Tuple[str, ...] = ('Conv',)
 
     def __init__(self, upper: nn.Module, latent_shape: Sequence[int], threads: int = 0,
-                 precision: str = 'float32', calibration: Optional[np.ndarray] = None):
+                 precision: str = 'float32', calibration: Optional[np.ndarray] = None,
+                 graph: Optional[bytes] = None):
         """Export ``upper`` (copied, eval mode, on the CPU) and open a session for it.
 
         ``precision='int8'`` needs ``calibration``: float32 latents ``[N >= 1, C, H, W]``
-        like the ones to classify (the learner passes new and replayed latents).
+        like the ones to classify. ``graph``: the float32 graph of this same ``upper``
+        (:attr:`graph` of its float32 runtime), which saves exporting it again.
         """
         if precision not in UPPER_PRECISIONS:
             raise ValueError(f'unknown upper precision {precision!r}; valid: '
@@ -68,7 +71,12 @@ class UpperInferenceRuntime:
         module = copy.deepcopy(upper).cpu().eval()
         module = module.to(memory_format=torch.contiguous_format)
         start = time.perf_counter()
-        data, _, exporter = export_onnx(module, torch.zeros(2, *self.latent_shape))
+        if graph is None:
+            data, _, exporter = export_onnx(module, torch.zeros(2, *self.latent_shape))
+        else:
+            data, exporter = graph, 'given graph'
+        #: the float32 graph (float32 runtimes only: an int8 runtime keeps no copy)
+        self.graph: Optional[bytes] = data if precision == 'float32' else None
         if precision == 'int8':
             samples = self._calibration(calibration)
             data = quantize_graph(data, samples, preprocess=False, op_types=self.INT8_OPS)
