@@ -86,7 +86,7 @@ class Ours:
                 'new_per_minibatch': stats['new_per_minibatch'],
                 'replay_per_minibatch': stats['replay_per_minibatch'],
                 'replay_fill': stats['replay_fill'], 'lower_backend':
-                self.learner.lower_backend,
+                self.learner.lower_backend, 'upper_precision': self.learner.upper_precision,
                 'latent_layer': self.learner.stats()['latent_layer']}
 
 

@@ -158,7 +158,9 @@ class ContinualLearner:
         if self.config.upper_runtime == 'torch' or upper.head.active == 0:
             return None
         try:
-            return UpperInferenceRuntime(upper, self.latent_shape, threads=self.config.threads)
+            return UpperInferenceRuntime(
+                upper, self.latent_shape, threads=self.config.threads,
+                keep_graph=self.config.effective_upper_precision() == 'int8')
         except Exception as exc:  # noqa: B902 - any failure means: eager PyTorch
             if not self._upper_runtime_warned:
                 _LOG.warning('predictions run the upper part in eager PyTorch: ONNX Runtime '
@@ -195,6 +197,8 @@ class ContinualLearner:
             _LOG.warning('predictions use the float32 upper part this time: its int8 graph '
                          'is unusable (%s)', str(exc)[:300])
             return float_runtime
+        finally:
+            float_runtime.graph = None     # served or dropped: its graph is not needed again
 
     def _new_upper(self) -> UpperModel:
         body = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.upper), **self._brn_kwargs)

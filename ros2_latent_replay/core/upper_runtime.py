@@ -55,12 +55,13 @@ class UpperInferenceRuntime:
 
     def __init__(self, upper: nn.Module, latent_shape: Sequence[int], threads: int = 0,
                  precision: str = 'float32', calibration: Optional[np.ndarray] = None,
-                 graph: Optional[bytes] = None):
+                 graph: Optional[bytes] = None, keep_graph: bool = False):
         """Export ``upper`` (copied, eval mode, on the CPU) and open a session for it.
 
         ``precision='int8'`` needs ``calibration``: float32 latents ``[N >= 1, C, H, W]``
         like the ones to classify. ``graph``: the float32 graph of this same ``upper``
         (:attr:`graph` of its float32 runtime), which saves exporting it again.
+        ``keep_graph``: a float32 runtime keeps its graph in :attr:`graph` for that.
         """
         if precision not in UPPER_PRECISIONS:
             raise ValueError(f'unknown upper precision {precision!r}; valid: '
@@ -75,8 +76,8 @@ class UpperInferenceRuntime:
             data, _, exporter = export_onnx(module, torch.zeros(2, *self.latent_shape))
         else:
             data, exporter = graph, 'given graph'
-        #: the float32 graph (float32 runtimes only: an int8 runtime keeps no copy)
-        self.graph: Optional[bytes] = data if precision == 'float32' else None
+        #: the float32 graph (float32 runtimes built with ``keep_graph`` only)
+        self.graph: Optional[bytes] = data if precision == 'float32' and keep_graph else None
         if precision == 'int8':
             samples = self._calibration(calibration)
             data = quantize_graph(data, samples, preprocess=False, op_types=self.INT8_OPS)
