@@ -254,9 +254,11 @@ def accuracy(plt, parts):
 #: latent-replay-eval outputs (percent); the others accuracy.py outputs here (fractions).
 WHOLE_STREAMS = {
     'COIL-100 clutter NIC, 383 batches': [
-        ('ours, default (lower_precision auto = int8)', 'docs/coil100_clutter_default_5runs',
+        ('ours, default (int8 lower and upper parts)', 'docs/coil100_clutter_upper_int8_run0',
          'default'),
-        ('ours, CWR* (strategy cwr, otherwise default)', 'docs/coil100_clutter_cwr_run0',
+        ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
+         'docs/coil100_clutter_default_5runs', 'default'),
+        ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_run0',
          'cwr'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
@@ -269,10 +271,12 @@ WHOLE_STREAMS = {
         ('streaming LDA (frozen features)', 'accuracy_clutter_full_heads.json', 'slda'),
     ],
     'COIL-100 NIC_coil, 138 batches': [
-        ('ours, default (lower_precision auto = int8)', 'docs/nic_coil_default_5runs',
-         'default'),
-        ('ours, AR1* (strategy ar1, otherwise default)', 'docs/nic_coil_ar1_run0', 'ar1'),
-        ('ours, CWR* (strategy cwr, otherwise default)', 'docs/nic_coil_cwr_run0', 'cwr'),
+        ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
+         'docs/nic_coil_default_5runs', 'default'),
+        ('ours, AR1* (strategy ar1; float32 upper part)', 'docs/nic_coil_ar1_5runs', 'ar1'),
+        ('ours, CWR* (strategy cwr, otherwise default)', 'docs/nic_coil_cwr_5runs', 'cwr'),
+        ('ours, CWR* (strategy cwr; float32 upper part)',
+         'docs/nic_coil_cwr_float32upper_run0', 'cwr'),
         ('ours, float32 lower part', 'docs/nic_coil_lr1e3_run0', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/nic_coil', 'default'),
         ('ours, naive fine-tuning', 'docs/nic_coil', 'naive'),
