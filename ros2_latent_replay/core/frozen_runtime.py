@@ -26,7 +26,7 @@ from torch import nn
 from .config import LOWER_PRECISIONS
 from .errors import ConfigError, InputError
 from .lower_quantization import (CALIBRATION_SEED, QUANTIZATION_VERSION, calibration_images,
-                                 cosine_similarities, quantize_lower)
+                                 check_int8_agreement, quantize_lower)
 
 _LOG = logging.getLogger(__name__)
 
@@ -331,18 +331,8 @@ class FrozenLowerRuntime:
         """Compare the int8 graph with eager float32 on 16 seeded images; return min cosine."""
         images = calibration_images(16, self.input_size, CALIBRATION_SEED + 1, self._mean,
                                     self._std)
-        with torch.no_grad():
-            expected = cpu_module(torch.from_numpy(images)).numpy()
-        got = session.run([session.get_outputs()[0].name],
-                          {session.get_inputs()[0].name: images})[0]
-        if got.shape != expected.shape:
-            raise RuntimeError(f'int8 graph of the lower part gives shape {got.shape}, '
-                               f'eager {expected.shape}')
-        lowest = float(cosine_similarities(got, expected).min())
-        if not lowest >= self.INT8_MIN_COSINE:
-            raise RuntimeError(f'int8 graph of the lower part is too far from float32: '
-                               f'cosine similarity {lowest:.4f} < {self.INT8_MIN_COSINE}')
-        return lowest
+        return check_int8_agreement(session, cpu_module, images, self.INT8_MIN_COSINE,
+                                    'the lower part')[0]
 
     # ------------------------------------------------------------------ inference
 

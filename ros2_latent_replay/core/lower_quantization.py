@@ -25,7 +25,7 @@ set; the int8 upper part for predictions (:mod:`.upper_runtime`) uses it on late
 import logging
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -168,5 +168,33 @@ def cosine_similarities(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
+def check_int8_agreement(session: Any, module: Any, samples: np.ndarray, min_cosine: float,
+                         part: str, zeros_agree: bool = False) -> Tuple[float, np.ndarray]:
+    """Compare an int8 ONNX Runtime ``session`` with the eager float32 ``module`` on ``samples``.
+
+    Returns the lowest per-sample cosine similarity of their outputs and the eager outputs;
+    raises ``RuntimeError`` naming ``part`` when the shapes differ or the lowest cosine is
+    under ``min_cosine``. ``zeros_agree``: two all-zero outputs count as equal (cosine 1).
+    """
+    with torch.no_grad():
+        expected = module(torch.from_numpy(samples)).numpy()
+    got = session.run([session.get_outputs()[0].name],
+                      {session.get_inputs()[0].name: samples})[0]
+    if got.shape != expected.shape:
+        raise RuntimeError(f'int8 graph of {part} gives shape {got.shape}, '
+                           f'eager {expected.shape}')
+    cosines = cosine_similarities(got, expected)
+    if zeros_agree:
+        both_zero = (np.abs(got).reshape(len(got), -1).max(axis=1) == 0) \
+            & (np.abs(expected).reshape(len(expected), -1).max(axis=1) == 0)
+        cosines = np.where(both_zero, 1.0, cosines)
+    lowest = float(cosines.min())
+    if not lowest >= min_cosine:
+        raise RuntimeError(f'int8 graph of {part} is too far from float32: cosine '
+                           f'similarity {lowest:.4f} < {min_cosine}')
+    return lowest, expected
+
+
 __all__ = ['CALIBRATION_IMAGES', 'CALIBRATION_SEED', 'QUANTIZATION_VERSION',
-           'calibration_images', 'cosine_similarities', 'quantize_graph', 'quantize_lower']
+           'calibration_images', 'check_int8_agreement', 'cosine_similarities',
+           'quantize_graph', 'quantize_lower']

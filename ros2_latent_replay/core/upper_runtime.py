@@ -27,7 +27,7 @@ from torch import nn
 from .config import UPPER_PRECISIONS
 from .errors import InputError
 from .frozen_runtime import check_against_eager, export_onnx, open_session
-from .lower_quantization import cosine_similarities, quantize_graph
+from .lower_quantization import check_int8_agreement, quantize_graph
 
 _LOG = logging.getLogger(__name__)
 
@@ -105,21 +105,10 @@ class UpperInferenceRuntime:
 
     def _check_int8(self, module: nn.Module, samples: np.ndarray) -> np.ndarray:
         """Compare the int8 graph's logits with eager float32 ones; return the eager ones."""
-        with torch.no_grad():
-            expected = module(torch.from_numpy(samples)).numpy()
-        got = self._session.run(None, {self._session.get_inputs()[0].name: samples})[0]
-        if got.shape != expected.shape:
-            raise RuntimeError(f'int8 graph of the upper part gives shape {got.shape}, '
-                               f'eager {expected.shape}')
-        cosines = cosine_similarities(got, expected)
         # a model of one class has all-zero logits (CWR* centres them): equal, not opposite
-        both_zero = (np.abs(got).reshape(len(got), -1).max(axis=1) == 0) \
-            & (np.abs(expected).reshape(len(expected), -1).max(axis=1) == 0)
-        self.min_cosine = float(np.where(both_zero, 1.0, cosines).min())
-        if not self.min_cosine >= self.INT8_MIN_COSINE:
-            raise RuntimeError(f'int8 graph of the upper part is too far from float32: '
-                               f'cosine similarity of the logits {self.min_cosine:.4f} < '
-                               f'{self.INT8_MIN_COSINE}')
+        self.min_cosine, expected = check_int8_agreement(
+            self._session, module, samples, self.INT8_MIN_COSINE, 'the upper part (logits)',
+            zeros_agree=True)
         return expected
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
