@@ -84,7 +84,7 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                       None, None, core_config.UPPER_RUNTIMES),
     'upper_precision': ('number format of the upper part for predictions: int8 = its ONNX '
                         'Runtime graph quantized after every learn step, calibrated on the '
-                        'replay memory (~0.4 s per step; ~1.2x faster predictions, logits '
+                        'replay memory (~0.5-0.9 s per step; ~1.2x faster predictions, logits '
                         'checked against float32, float32 when the check fails; the same '
                         'graph again after a restart); auto = int8 when the upper part runs '
                         'in ONNX Runtime and replay is on, else float32; learning and state '

@@ -10,7 +10,7 @@ only: nothing is cached on disk, since the weights change at every step.
 
 With ``precision='int8'`` the graph's convolutions are quantized as well (int8 weights,
 uint8 activations calibrated on latents like the ones to classify: the learner passes
-latents of its replay memory; ~0.4 s more per step): their weights take a quarter of the
+latents of its replay memory; ~0.5-0.9 s more per step): their weights take a quarter of the
 memory, which is what a one-frame call waits for, and the logits stay close to float32
 ones (checked on the calibration latents).
 """
