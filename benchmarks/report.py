@@ -260,8 +260,6 @@ WHOLE_STREAMS = {
          'docs/coil100_clutter_default_5runs', 'default'),
         ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_3runs',
          'cwr'),
-        ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_run0',
-         'cwr'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/coil100_clutter_all', 'default'),
