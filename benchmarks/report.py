@@ -258,7 +258,7 @@ WHOLE_STREAMS = {
          'default'),
         ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
          'docs/coil100_clutter_default_5runs', 'default'),
-        ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_3runs',
+        ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_5runs',
          'cwr'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run1', 'default'),
