@@ -44,6 +44,15 @@ def build_learner(backend, threads, frames, labels):
     return learner
 
 
+def default_backend():
+    """Return the name of the backend that a learner with the product defaults runs."""
+    from ros2_latent_replay.core import LearnerConfig
+    config = LearnerConfig()
+    if config.effective_lower_precision() != 'int8':
+        return 'onnxruntime'
+    return 'int8_upper' if config.effective_upper_precision() == 'int8' else 'int8'
+
+
 def alternate(learners, measure, count, block=50):
     """Run ``measure(learner, n, start)`` for every learner in turns of ``block`` calls.
 
@@ -243,7 +252,7 @@ def main():
             ratios['int8_over_int8_upper_idle_p50'] = results['int8']['idle_ms']['p50'] \
                 / both['idle_ms']['p50']
     rec.write(args.out or 'predict_latency.json', partial=False, results=results,
-              floors_met=floors, **ratios)
+              floors_met=floors, default_backend=default_backend(), **ratios)
     print(floors)
 
 

@@ -6,7 +6,7 @@ Run after any benchmark: ``python benchmarks/report.py``. Missing result files a
 import json
 
 import numpy as np
-from common import RESULTS
+from common import DEFAULT_CUT, RESULTS
 
 MB = 1e6
 
@@ -118,8 +118,9 @@ def predict_latency(plt, parts):
              'int8': 'onnxruntime, int8 lower part, float32 upper part',
              'int8_upper': 'onnxruntime, int8 lower and upper parts',
              'torch': 'torch (eager)'}
-    default = 'int8_upper' if 'int8 lower + int8 upper (default) idle p50 <= 2 ms' \
-        in d['floors_met'] else 'int8'     # the default before upper_precision auto
+    default = d.get('default_backend') or (   # files before 2026-12-02 do not name it
+        'int8_upper' if 'int8 lower + int8 upper (default) idle p50 <= 2 ms'
+        in d['floors_met'] else 'int8')
     names[default] += ' (default)'
     for backend, r in d['results'].items():
         rows.append([names.get(backend, backend), fmt(r['idle_ms']['p50']),
@@ -258,6 +259,8 @@ WHOLE_STREAMS = {
          'default'),
         ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
          'docs/coil100_clutter_default_5runs', 'default'),
+        ('ours, AR1* (strategy ar1, otherwise default)', 'docs/coil100_clutter_ar1_run0',
+         'ar1'),
         ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_5runs',
          'cwr'),
         ('ours, float32 lower part', 'docs/coil100_clutter_lr1e3_run0', 'default'),
@@ -377,6 +380,89 @@ def layer_table(plt, parts):
         plt.close(fig)
 
 
+#: Figure 2 over a whole stream: latent-replay-eval outputs (docs/results/), one per cut and
+#: scenario run, same protocol: (label, folder, folder of the default on the same run).
+FIGURE2_WHOLE_TITLE = 'COIL-100 clutter NIC, 383 batches, evaluated every 8'
+FIGURE2_WHOLE = [
+    ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run0', 'coil100_clutter_upper_int8_run0'),
+    ('blocks.5.3 (default)', 'coil100_clutter_upper_int8_run0', None),
+    ('blocks.6.0', 'coil100_clutter_cut_blocks_6_0_run0', 'coil100_clutter_upper_int8_run0'),
+    ('conv_head', 'coil100_clutter_cut_conv_head_run0', 'coil100_clutter_upper_int8_run0'),
+    ('pool', 'coil100_clutter_cut_pool_run0', 'coil100_clutter_upper_int8_run0'),
+    ('blocks.5.3, strategy ar1 (run beside the cuts above: timing reference)',
+     'coil100_clutter_ar1_run0', 'coil100_clutter_upper_int8_run0'),
+    ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run1', 'coil100_clutter_default_run1'),
+]
+
+
+def eval_batches(folder):
+    """Return (run name, batches, finished) of a latent-replay-eval output.
+
+    A run still going or stopped counts with what its progress file holds.
+    """
+    base = RESULTS.parents[1] / 'docs' / 'results' / folder
+    if (base / 'results.json').exists():
+        run = json.loads((base / 'results.json').read_text())['runs'][0]
+        return run['source']['name'], run['batches'], True
+    if (base / 'progress.json').exists():
+        run = json.loads((base / 'progress.json').read_text())
+        return run['source']['name'], run['batches'], False
+    return None, None, False
+
+
+def _accuracy_curve(batches):
+    return {b['batch']: b['accuracy'] for b in batches if 'accuracy' in b}
+
+
+def _same_stretch(folder, last):
+    """Return 'final / mean' of the run in ``folder`` over its batches 0..``last``."""
+    curve = _accuracy_curve(eval_batches(folder)[1] or [])
+    if last not in curve:
+        return '-'
+    seen = [a for b, a in curve.items() if b <= last]
+    return f'{curve[last]:.1f} / {np.mean(seen):.1f}'
+
+
+def layer_table_whole_stream(plt, parts):
+    """Render figure 2's accuracy per cut over whole streams, with a plot of the curves."""
+    rows, curves = [], []
+    for label, folder, default in FIGURE2_WHOLE:
+        name, batches, finished = eval_batches(folder)
+        if not batches:
+            continue
+        curve = _accuracy_curve(batches)
+        full = [b['train_seconds'] for b in batches if b['replay_fill'] >= 1500]
+        last = max(curve)
+        rows.append([
+            label, name.rsplit('/', 1)[-1],
+            f'{last + 1}' + ('' if finished else ' (unfinished)'),
+            f'{curve[last]:.1f}', f'{np.mean(list(curve.values())):.1f}',
+            _same_stretch(default, last) if default else '-',
+            fmt(float(np.median(full)), 2) if full else '-',
+            fmt(sum(b['train_seconds'] for b in batches), 0), f'docs/results/{folder}'])
+        if 'reference' not in label:
+            curves.append((f"{label}, {name.rsplit('/', 1)[-1]}", curve))
+    if not rows:
+        return
+    parts.append(
+        f'## Figure 2 over whole streams: accuracy per cut ({FIGURE2_WHOLE_TITLE})\n\n'
+        + md_table(['cut', 'run', 'batches learned', 'final acc %', 'mean acc %',
+                    f'default ({DEFAULT_CUT}) on the same run and batches, final / mean %',
+                    'train s / batch, memory full (median)', 'train s, all batches',
+                    'source'], rows))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label, curve in curves:
+        ax.plot([b + 1 for b in curve], list(curve.values()),
+                lw=2 if 'default' in label else 1, label=label)
+    ax.set_xlabel('batches learned')
+    ax.set_ylabel('test accuracy %')
+    ax.set_title(f'EfficientNet-Lite0 cuts, {FIGURE2_WHOLE_TITLE}', fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / 'layer_table_whole_stream.png', dpi=110)
+    plt.close(fig)
+
+
 def upper_precision(plt, parts):
     """Render figure 3b: the same trained models predicting with an int8 or float32 upper part."""
     files = sorted(p.name for p in RESULTS.glob('upper_precision_*.json')
@@ -480,8 +566,8 @@ def main():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     parts = []
-    for fn in (learn_latency, layer_table, predict_latency, upper_precision, node, memory,
-               scaling, accuracy, accuracy_whole_streams):
+    for fn in (learn_latency, layer_table, layer_table_whole_stream, predict_latency,
+               upper_precision, node, memory, scaling, accuracy, accuracy_whole_streams):
         try:
             fn(plt, parts)
         except Exception as exc:  # noqa: B902 - one broken file must not hide the others
