@@ -255,6 +255,8 @@ def main():
     parser.add_argument('--camera', nargs=5, default=None, help=argparse.SUPPRESS)
     parser.add_argument('--seconds', type=float, default=None)
     parser.add_argument('--sizes', default='128x128,640x480')
+    parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter (repeatable), e.g. upper_precision:=float32')
     args = parser.parse_args()
     if args.camera:
         w, h, fps, sec, off = args.camera
@@ -268,7 +270,8 @@ def main():
     os.environ.update({k: env[k] for k in keys})
     rec = Recorder('node_throughput', {'threads': args.threads, 'fps': 30,
                                        'idle_seconds': seconds, 'ros_domain_id': domain,
-                                       'prediction_rate': 30.0, 'profile': str(PROFILE)})
+                                       'prediction_rate': 30.0, 'profile': str(PROFILE),
+                                       'node_params': args.node_param})
     results = {}
     name = args.out or 'node_throughput.json'
     for size in args.sizes.split(','):
@@ -279,6 +282,8 @@ def main():
                '-p', f'state_file:={state}', '-p', f'threads:={args.threads}',
                '-p', 'prediction_rate:=30.0', '-p', 'autosave:=false',
                '-p', 'diagnostics_period:=0.5']
+        for extra in args.node_param:
+            cmd += ['-p', extra]
         node = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
                                 stderr=open(state.parent / 'node.log', 'w'))
         driver = Driver(env)

@@ -45,8 +45,9 @@ def md_table(header, rows):
 
 #: Figure 1's main table: the newest run of all three methods at the default cut.
 FIGURE1_MAIN = 'learn_latency_all_default_cut.json'
-#: Figure 2: a second learn-time run (quieter machine, MobileNetV2 timed with random weights).
-FIGURE2_TIMES = 'layer_table_learn_time_v2.json'
+#: Figure 2: learn-time re-runs on a quieter machine (MobileNetV2 timed with random weights);
+#: a later file's row replaces an earlier one's for the same backbone and cut.
+FIGURE2_TIMES = ['layer_table_learn_time_v2.json', 'layer_table_learn_time_v3.json']
 
 
 def learn_latency(plt, parts):
@@ -83,7 +84,9 @@ def learn_latency(plt, parts):
             continue
         other = json.loads(path.read_text())
         runs = other.get('runs', {})
-        for r, ours in enumerate(runs.get('ours', [])):
+        mine = [(r, ours) for key in ('ours', 'ours_alt')   # ours_alt: --alt-cut, same run
+                for r, ours in enumerate(runs.get(key, []))]
+        for r, ours in mine:
             cut = ours.get('latent_layer') or other.get('ours_latent_layer', '?')
             row = [path.name, other['settings'].get('threads'), cut, r, f"{ours['seconds']:.1f}"]
             for peer in ('ar1', 'native'):
@@ -342,8 +345,13 @@ def layer_table(plt, parts):
     d = load('layer_table.json')
     if not d:
         return
-    second = load(FIGURE2_TIMES) or {'rows': []}
-    again = {(r['backbone'], r['cut']): r.get('learn_seconds_median') for r in second['rows']}
+    again, reruns = {}, []
+    for name in FIGURE2_TIMES:
+        rerun = load(name)
+        if rerun and rerun['rows']:
+            reruns.append((name, rerun))
+            again.update({(r['backbone'], r['cut']): (r['learn_seconds_median'], name[-7:-5])
+                          for r in rerun['rows'] if 'learn_seconds_median' in r})
     rows = []
     for r in d['rows']:
         acc = r.get('accuracy')
@@ -351,15 +359,17 @@ def layer_table(plt, parts):
                      'x'.join(map(str, r['latent_shape'])), r['bytes_per_pattern']['uint8'],
                      r['bytes_per_pattern']['float16'], r['bytes_per_pattern']['float32'],
                      fmt(r.get('learn_seconds_median')),
-                     fmt(again.get((r['backbone'], r['cut']))),
+                     '{} ({})'.format(fmt(again[r['backbone'], r['cut']][0]),
+                                      again[r['backbone'], r['cut']][1])
+                     if (r['backbone'], r['cut']) in again else '-',
                      fmt(100 * acc['final'], 1) if acc else '-',
                      fmt(100 * acc['mean'], 1) if acc else '-'])
     text = ('## Figure 2: the layer table (paper Table I) on our backbones\n\n' + md_table(
         ['backbone', 'cut', 'latent', 'B/pattern uint8', 'B/pattern fp16', 'B/pattern fp32',
-         'learn s / episode', f'learn s, {FIGURE2_TIMES}', 'final acc %', 'mean acc %'], rows)
+         'learn s / episode', 'learn s, re-run (file)', 'final acc %', 'mean acc %'], rows)
         + '\n\n' + context(d))
-    if second['rows']:
-        text += f'\n\n{FIGURE2_TIMES}: ' + context(second)
+    for name, rerun in reruns:
+        text += f'\n\n{name}: ' + context(rerun)
     parts.append(text)
     lite = [r for r in d['rows'] if r['backbone'] == 'efficientnet_lite0']
     if lite:
@@ -425,7 +435,7 @@ def _same_stretch(folder, last):
 
 def layer_table_whole_stream(plt, parts):
     """Render figure 2's accuracy per cut over whole streams, with a plot of the curves."""
-    rows, curves = [], []
+    rows, curves = [], {}
     for label, folder, default in FIGURE2_WHOLE:
         name, batches, finished = eval_batches(folder)
         if not batches:
@@ -441,7 +451,12 @@ def layer_table_whole_stream(plt, parts):
             fmt(float(np.median(full)), 2) if full else '-',
             fmt(sum(b['train_seconds'] for b in batches), 0), f'docs/results/{folder}'])
         if 'reference' not in label:
-            curves.append((f"{label}, {name.rsplit('/', 1)[-1]}", curve))
+            curves[folder] = (f"{label}, {name.rsplit('/', 1)[-1]}", curve)
+        if default and default not in curves:   # the default's curve on every run shown
+            run, batches_default, _ = eval_batches(default)
+            if batches_default:
+                curves[default] = (f"{DEFAULT_CUT} (default), {run.rsplit('/', 1)[-1]}",
+                                   _accuracy_curve(batches_default))
     if not rows:
         return
     parts.append(
@@ -451,9 +466,9 @@ def layer_table_whole_stream(plt, parts):
                     'train s / batch, memory full (median)', 'train s, all batches',
                     'source'], rows))
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for label, curve in curves:
-        ax.plot([b + 1 for b in curve], list(curve.values()),
-                lw=2 if 'default' in label else 1, label=label)
+    for label, curve in curves.values():
+        ax.plot([b + 1 for b in curve], list(curve.values()), label=label,
+                lw=2 if 'default' in label else 1, ls='--' if 'run0' not in label else '-')
     ax.set_xlabel('batches learned')
     ax.set_ylabel('test accuracy %')
     ax.set_title(f'EfficientNet-Lite0 cuts, {FIGURE2_WHOLE_TITLE}', fontsize=9)
