@@ -24,9 +24,9 @@ class LearnerConfig:
     the first step, Batch Renormalization settings of the reference) on the embedded
     EfficientNet-Lite0. The cut is after ``blocks.5.3`` (latent 192x4x4, like ``blocks.5.1``
     which BRIEF.md measured): the upper part then holds one inverted-residual block instead
-    of three and trains ~2.2-2.5x faster. Over the whole COIL-100 clutter run 0
-    ``blocks.5.1`` ends 2 points higher (82.7% vs 80.8%), the cuts above ``blocks.5.3``
-    9-12 points lower (benchmarks/README.md, figure 2).
+    of three and trains ~2.2-2.5x faster. Over whole COIL-100 clutter streams
+    ``blocks.5.1`` ends 2-6 points higher (82.7% vs 80.8% on run 0, 86.5% vs 80.3% on
+    run 1), the cuts above ``blocks.5.3`` 9-12 points lower (benchmarks/README.md, figure 2).
     The learning rate after the first step stays at 1e-3 instead of dropping to the Caffe
     reference's 3e-4 or the PyTorch code's 5e-5: robot teaching episodes are small (12-18
     frames in the COIL-100 scenarios against ~300 in CORe50), so a new class gets few
