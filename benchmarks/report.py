@@ -402,6 +402,9 @@ FIGURE2_WHOLE = [
     ('blocks.5.3, strategy ar1 (run beside the cuts above: timing reference)',
      'coil100_clutter_ar1_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run1', 'coil100_clutter_default_run1'),
+    ('blocks.6.0', 'coil100_clutter_cut_blocks_6_0_run1', 'coil100_clutter_default_run1'),
+    ('conv_head', 'coil100_clutter_cut_conv_head_run1', 'coil100_clutter_default_run1'),
+    ('pool', 'coil100_clutter_cut_pool_run1', 'coil100_clutter_default_run1'),
 ]
 
 
