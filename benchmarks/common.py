@@ -242,6 +242,41 @@ def rss_bytes(pid: Optional[int] = None) -> int:
     return 0
 
 
+def thread_cpu_seconds(pid: Optional[int] = None) -> Dict[str, float]:
+    """CPU seconds (user + system) per thread name of ``pid``, threads of one name summed.
+
+    The process's first thread is reported as ``main`` (in a ROS node: the thread that spins
+    the executor). Read from ``/proc/PID/task/*/stat``; threads that ended are not counted,
+    so take the difference of two readings only over a window in which the process keeps
+    its threads.
+    """
+    tick = os.sysconf('SC_CLK_TCK')
+    main = str(pid or os.getpid())
+    base = f'/proc/{main}/task'
+    out: Dict[str, float] = {}
+    try:
+        tasks = os.listdir(base)
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f'{base}/{task}/stat', encoding='utf-8') as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        name = 'main' if task == main else text[text.index('(') + 1:text.rindex(')')]
+        fields = text[text.rindex(')') + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def cpu_delta(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:
+    """Per-thread-name CPU seconds spent between two :func:`thread_cpu_seconds` readings."""
+    return {name: round(after[name] - before.get(name, 0.0), 3)
+            for name in sorted(after) if after[name] - before.get(name, 0.0) > 0}
+
+
 def peak_rss_bytes(pid: Optional[int] = None) -> int:
     """Peak resident set size (VmHWM) of ``pid`` in bytes."""
     path = f'/proc/{pid or "self"}/status'

@@ -15,7 +15,14 @@ one learning step):
 
 Reported: frames sent / received by the node / dropped (sent - received, best effort
 transport), node's own dropped counter, predictions per second, latency from image stamp
-to the driver receiving ``~/prediction`` (p50/p99), and the node's RSS (from /proc).
+to the driver receiving ``~/prediction`` (p50/p99), the node's RSS (from /proc), the CPU
+seconds of each node thread in the window (``main`` spins the executor), of the driver and
+of the camera, and the node's ``frames_received`` over time as /diagnostics reported it.
+
+``--executors pool,rclpy`` (the default) measures the node on its own executor
+(:class:`ros2_latent_replay.callback_executor.CallbackPoolExecutor`) and on rclpy's
+``MultiThreadedExecutor`` with the same 4 threads, in the same run; ``--repeats N``
+interleaves N rounds of both.
 Environment: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, an own ROS_DOMAIN_ID, a temporary
 ROS_LOG_DIR, and the Fast DDS profile config/fastdds_large_images.xml (16 MB SHM segment)
 for every process.
@@ -33,10 +40,21 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, Recorder, parse_common, peak_rss_bytes, rss_bytes, summary
+from common import (REPO, Recorder, cpu_delta, parse_common, peak_rss_bytes, rss_bytes, summary,
+                    thread_cpu_seconds)
 
 PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 NODE = '/latent_replay_node'
+#: how the node process is started per executor: the product's own (``pool``) and rclpy's
+#: MultiThreadedExecutor with as many threads (``rclpy``), which the node used before
+EXECUTORS = {
+    'pool': ['-m', 'ros2_latent_replay.node'],
+    'rclpy': ['-c', 'import sys; from rclpy.executors import MultiThreadedExecutor as M; '
+                    'from ros2_latent_replay import node; '
+                    'sys.exit(node.main(executor_factory=lambda: M(num_threads=4)))'],
+}
+EXECUTOR_NAMES = {'pool': 'CallbackPoolExecutor',
+                  'rclpy': 'rclpy MultiThreadedExecutor'}
 
 
 def ros_env(domain):
@@ -70,6 +88,7 @@ def camera_main(width, height, fps, seconds, offset):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     sent = 0
+    cpu_start = time.process_time()
     start = time.monotonic()
     period = 1.0 / fps
     while time.monotonic() - start < seconds and not stop:
@@ -87,8 +106,10 @@ def camera_main(width, height, fps, seconds, offset):
         if delay > 0:
             time.sleep(delay)
     elapsed = time.monotonic() - start
+    cpu = time.process_time() - cpu_start
     time.sleep(0.5)
-    print('CAMERA' + json.dumps({'sent': sent, 'seconds': elapsed}), flush=True)
+    print('CAMERA' + json.dumps({'sent': sent, 'seconds': elapsed, 'cpu_seconds': cpu}),
+          flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
@@ -115,6 +136,7 @@ class Driver:
         self.learn = self.node.create_client(Trigger, f'{NODE}/learn')
         self.predictions = []
         self.status = {}
+        self.received_series = []   # (driver time, node's frames_received) per /diagnostics
         self.node.create_subscription(String, f'{NODE}/prediction', self._on_pred, 100)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
 
@@ -126,6 +148,7 @@ class Driver:
         for item in msg.status:
             if item.hardware_id == NODE:
                 self.status = {kv.key: kv.value for kv in item.values}
+                self.received_series.append((time.time(), self.counter('frames_received')))
 
     def spin(self, seconds=None, until=None, timeout=600):
         """Spin for ``seconds`` or until ``until()`` (with a timeout)."""
@@ -192,6 +215,25 @@ def window_stats(driver, t_start, t_end, sent, received, seconds):
             'window_seconds': span}
 
 
+def cpu_fields(node_before, node_after, driver_seconds, cam, wall):
+    """Return where the CPU went in a window: node threads by name, driver, camera."""
+    by_thread = cpu_delta(node_before, node_after)
+    total = sum(by_thread.values())
+    return {'cpu_window_seconds': round(wall, 3),
+            'node_cpu_seconds': round(total, 3),
+            'node_cpu_share_of_one_core': round(total / max(wall, 1e-9), 3),
+            'node_cpu_seconds_by_thread': by_thread,
+            'driver_cpu_seconds': round(driver_seconds, 3),
+            'camera_cpu_seconds': (round(cam['cpu_seconds'], 3)
+                                   if cam.get('cpu_seconds') is not None else None)}
+
+
+def received_series(driver, t_start, t_end, before):
+    """Return the node's frames_received since ``before`` over time (from /diagnostics)."""
+    return [[round(t - t_start, 2), count - before]
+            for t, count in driver.received_series if t_start <= t <= t_end]
+
+
 def measure_size(env, driver, node_pid, width, height, seconds):
     """Idle and learning windows at one image size."""
     result = {}
@@ -208,13 +250,18 @@ def measure_size(env, driver, node_pid, width, height, seconds):
     # idle window
     driver.spin(1.0)
     before = driver.counter('frames_received')
+    cpu0, driver0 = thread_cpu_seconds(node_pid), time.process_time()
     t0 = time.time()
     cam = camera_result(camera(env, width, height, seconds, 120), driver)
     t1 = time.time()
+    cpu1, driver1 = thread_cpu_seconds(node_pid), time.process_time()
     driver.spin(1.5)
     received = driver.counter('frames_received') - before
     result['idle'] = window_stats(driver, t0 + 1.0, t1, cam['sent'], received, cam['seconds'])
     result['idle']['node_frames_dropped'] = driver.counter('frames_dropped')
+    result['idle'].update(cpu_fields(cpu0, cpu1, driver1 - driver0, cam, t1 - t0))
+    result['idle']['node_frames_received_series'] = received_series(driver, t0, t1 + 1.5,
+                                                                    before)
     # learning window: teach 10 s (300 frames), then learn while the camera runs
     driver.label('obj_c')
     driver.spin(0.5)
@@ -223,12 +270,15 @@ def measure_size(env, driver, node_pid, width, height, seconds):
     driver.spin(0.5)
     before = driver.counter('frames_received')
     dropped_before = driver.counter('frames_dropped')
+    cpu0, driver0 = thread_cpu_seconds(node_pid), time.process_time()
+    t_camera = time.time()
     proc = camera(env, width, height, max(seconds, 120), 240)
     driver.spin(2.0)
     t_learn = time.time()
     fut = driver.call_learn()
     driver.spin(until=fut.done, timeout=900)
     t_done = time.time()
+    cpu1, driver1 = thread_cpu_seconds(node_pid), time.process_time()
     proc.terminate()
     try:
         cam = camera_result(proc, driver)
@@ -240,6 +290,9 @@ def measure_size(env, driver, node_pid, width, height, seconds):
     stats['learn_response'] = json.loads(fut.result().message) if fut.result() else None
     stats['frames_received_total_while_camera_ran'] = received
     stats['node_frames_dropped'] = driver.counter('frames_dropped') - dropped_before
+    stats.update(cpu_fields(cpu0, cpu1, driver1 - driver0, {}, t_done - t_camera))
+    stats['node_frames_received_series'] = received_series(driver, t_camera, t_done + 1.5,
+                                                           before)
     rate = [t for t, _ in driver.predictions if t_learn <= t <= t_done]
     stats['predictions_per_s'] = len(rate) / max(t_done - t_learn, 1e-9)
     result['learning'] = stats
@@ -257,6 +310,12 @@ def main():
     parser.add_argument('--sizes', default='128x128,640x480')
     parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter (repeatable), e.g. upper_precision:=float32')
+    parser.add_argument('--executors', default=None,
+                        help='comma-separated executors to compare in this run: pool (the '
+                             "node's own), rclpy (rclpy's MultiThreadedExecutor); default "
+                             'pool,rclpy (pool with --quick)')
+    parser.add_argument('--repeats', type=int, default=1,
+                        help='runs of every executor and size, interleaved')
     args = parser.parse_args()
     if args.camera:
         w, h, fps, sec, off = args.camera
@@ -268,20 +327,30 @@ def main():
     keys = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID', 'ROS_LOG_DIR',
             'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
     os.environ.update({k: env[k] for k in keys})
+    executors = (args.executors or ('pool' if args.quick else 'pool,rclpy')).split(',')
+    unknown = [e for e in executors if e not in EXECUTORS]
+    if unknown:
+        parser.error(f'unknown executor(s) {unknown}; choose from {sorted(EXECUTORS)}')
     rec = Recorder('node_throughput', {'threads': args.threads, 'fps': 30,
                                        'idle_seconds': seconds, 'ros_domain_id': domain,
                                        'prediction_rate': 30.0, 'profile': str(PROFILE),
-                                       'node_params': args.node_param})
+                                       'node_params': args.node_param,
+                                       'executors': {e: EXECUTOR_NAMES[e] for e in executors},
+                                       'repeats': args.repeats})
     results = {}
     name = args.out or 'node_throughput.json'
-    for size in args.sizes.split(','):
+    runs = [(rep, executor, size) for rep in range(args.repeats) for executor in executors
+            for size in args.sizes.split(',')]
+    for rep, executor, size in runs:
+        key = size if executor == 'pool' else f'{size} {EXECUTOR_NAMES[executor]}'
+        key += f' #{rep + 1}' if args.repeats > 1 else ''
         width, height = (int(v) for v in size.split('x'))
         state = Path(tempfile.mkdtemp(prefix='bench_node_')) / 'state.pt'
-        cmd = [sys.executable, '-m', 'ros2_latent_replay.node', '--ros-args',
-               '--params-file', str(REPO / 'config' / 'params.yaml'),
-               '-p', f'state_file:={state}', '-p', f'threads:={args.threads}',
-               '-p', 'prediction_rate:=30.0', '-p', 'autosave:=false',
-               '-p', 'diagnostics_period:=0.5']
+        cmd = [sys.executable] + EXECUTORS[executor] + [
+            '--ros-args', '--params-file', str(REPO / 'config' / 'params.yaml'),
+            '-p', f'state_file:={state}', '-p', f'threads:={args.threads}',
+            '-p', 'prediction_rate:=30.0', '-p', 'autosave:=false',
+            '-p', 'diagnostics_period:=0.5']
         for extra in args.node_param:
             cmd += ['-p', extra]
         node = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
@@ -293,11 +362,12 @@ def main():
             if not ok:
                 raise RuntimeError('node did not come up; log: '
                                    + (state.parent / 'node.log').read_text()[-2000:])
-            results[size] = measure_size(env, driver, node.pid, width, height, seconds)
-            print(size, json.dumps(results[size])[:1500], flush=True)
+            results[key] = measure_size(env, driver, node.pid, width, height, seconds)
+            results[key]['executor'] = EXECUTOR_NAMES[executor]
+            print(key, json.dumps(results[key])[:1500], flush=True)
         except Exception as exc:  # noqa: B902 - record and go on with the next size
-            results[size] = {'error': f'{type(exc).__name__}: {exc}'}
-            print(size, results[size], flush=True)
+            results[key] = {'error': f'{type(exc).__name__}: {exc}'}
+            print(key, results[key], flush=True)
         finally:
             driver.close()
             node.terminate()

@@ -521,21 +521,52 @@ def node(plt, parts):
     rows = []
     for size, r in d['results'].items():
         if 'error' in r:
-            rows.append([size, 'error', r['error'][:80], '', '', '', '', ''])
+            rows.append([size, 'error', r['error'][:80], '', '', '', '', '', ''])
             continue
         for phase in ('idle', 'learning'):
             w = r[phase]
             lat = w['latency_stamp_to_prediction_ms']
+            cpu = w.get('node_cpu_seconds_by_thread')
+            share = '-' if cpu is None else (
+                f"{100 * w['node_cpu_share_of_one_core']:.0f} "
+                f"({100 * cpu.get('main', 0.0) / w['cpu_window_seconds']:.0f})")
             rows.append([size, phase, fmt(w.get('frames_received_per_s')),
                          w.get('dropped_in_transport', '-'),
                          w.get('node_frames_dropped', '-'), fmt(w['predictions_per_s']),
-                         fmt(lat.get('p50'), 1), fmt(lat.get('p99'), 1)])
+                         fmt(lat.get('p50'), 1), fmt(lat.get('p99'), 1), share])
         rows.append([size, 'node RSS MB', fmt(r['node_rss_bytes'] / MB, 0),
-                     'peak ' + fmt(r['node_peak_rss_bytes'] / MB, 0), '', '', '', ''])
+                     'peak ' + fmt(r['node_peak_rss_bytes'] / MB, 0), '', '', '', '', ''])
     parts.append('## Figure 4: node throughput, 30 fps camera in another process\n\n'
                  + md_table(['image', 'phase', 'frames received/s', 'dropped in transport',
                              'dropped by node', 'predictions/s', 'latency p50 ms',
-                             'latency p99 ms'], rows) + '\n\n' + context(d))
+                             'latency p99 ms', 'node CPU % of a core (spin thread)'], rows)
+                 + '\n\n' + executor_summary(d['results']) + context(d))
+
+
+def executor_summary(results):
+    """Frames lost per executor, image size and phase over all rounds of one run."""
+    totals = {}
+    for key, r in results.items():
+        if 'error' in r or 'executor' not in r:
+            continue
+        size = key.split()[0]
+        for phase in ('idle', 'learning'):
+            w = r[phase]
+            if w.get('frames_sent') is None:
+                continue
+            t = totals.setdefault((r['executor'], size, phase), [0, 0, 0, 0])
+            t[0] += 1
+            t[1] += w['frames_sent']
+            t[2] += w['dropped_in_transport']
+            t[3] += int(w['dropped_in_transport'] > 0)
+    if not {executor for executor, _, _ in totals} - {'CallbackPoolExecutor'}:
+        return ''
+    rows = [[executor, size, phase, n, sent, lost, f'{100 * lost / max(sent, 1):.1f}', bad]
+            for (executor, size, phase), (n, sent, lost, bad) in sorted(totals.items())]
+    return ('Executors compared in the same run (all rounds):\n\n'
+            + md_table(['executor', 'image', 'phase', 'windows', 'frames sent',
+                        'lost in transport', 'lost %', 'windows with losses'], rows)
+            + '\n\n')
 
 
 def scaling(plt, parts):

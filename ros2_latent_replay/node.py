@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import rclpy
@@ -25,13 +25,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from .callback_executor import CallbackPoolExecutor
 from .core import checkpoint
 from .core.class_registry import normalize_label
 from .core.errors import (BusyError, CheckpointError, ClassLimitError, EmptyEpisodeError,
@@ -60,6 +61,8 @@ OBSERVE_DRAIN_TIMEOUT_S = 120.0
 SHUTDOWN_WAIT_S = 10.0
 #: smallest frame side the learner accepts
 MIN_FRAME_SIDE = 8
+#: executor worker threads: one per callback group (frames, jobs, queries, status)
+CALLBACK_THREADS = 4
 
 
 def _json(payload: Dict[str, Any]) -> str:
@@ -727,14 +730,20 @@ class LatentReplayNode(Node):
         super().destroy_node()
 
 
-def main(args: Optional[List[str]] = None) -> int:
-    """Console entry point: ``latent-replay-node --ros-args --params-file config/params.yaml``."""
+def main(args: Optional[List[str]] = None,
+         executor_factory: Optional[Callable[[], Executor]] = None) -> int:
+    """Console entry point: ``latent-replay-node --ros-args --params-file config/params.yaml``.
+
+    The node spins on a :class:`CallbackPoolExecutor` with one worker per callback group;
+    ``executor_factory`` builds another executor instead (benchmarks compare them).
+    """
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     clean = True
     try:
         node = LatentReplayNode()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = (executor_factory() if executor_factory is not None
+                    else CallbackPoolExecutor(num_threads=CALLBACK_THREADS))
         executor.add_node(node)
         try:
             executor.spin()

@@ -1,4 +1,4 @@
-"""In-process harness: the node and a client node on a real MultiThreadedExecutor.
+"""In-process harness: the node and a client node on the node's real executor.
 
 Each harness has its own rclpy Context, so tests do not share ROS state. The executor spins
 in a background thread; the test thread talks to the node through real topics and services
@@ -13,7 +13,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -22,7 +21,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ros2_latent_replay.demo import image_message, skimage_views
-from ros2_latent_replay.node import LatentReplayNode
+from ros2_latent_replay.callback_executor import CallbackPoolExecutor
+from ros2_latent_replay.node import CALLBACK_THREADS, LatentReplayNode
 
 #: a small, fast configuration for tests where the defaults do not matter
 FAST = {'epochs': 1, 'replay_size': 64, 'max_classes': 8, 'diagnostics_period': 0.2,
@@ -52,7 +52,7 @@ def wait_for(condition, timeout=30.0, interval=0.02, what='condition'):
 
 
 class Harness:
-    """A LatentReplayNode plus a client node, both spun by one MultiThreadedExecutor."""
+    """A LatentReplayNode plus a client node, both spun by one CallbackPoolExecutor."""
 
     def __init__(self, state_file, **overrides):
         """Start the node with ``state_file`` and parameter ``overrides``."""
@@ -80,7 +80,9 @@ class Harness:
                                         10)
         self.client.create_subscription(DiagnosticArray, '/diagnostics',
                                         self.diagnostics.append, 10)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # the node's four callback groups plus the client's default group
+        self.executor = CallbackPoolExecutor(num_threads=CALLBACK_THREADS + 1,
+                                             context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

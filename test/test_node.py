@@ -1,4 +1,4 @@
-"""latent_replay_node in-process on a real MultiThreadedExecutor: topics, services, state."""
+"""latent_replay_node in-process on its real executor: topics, services, state."""
 
 import json
 
