@@ -16,7 +16,7 @@ from ros2_latent_replay.callback_executor import CallbackPoolExecutor
 
 @pytest.fixture
 def ros():
-    """A private rclpy context, a node in it and a CallbackPoolExecutor spinning it."""
+    """Yield a private rclpy context's node, a CallbackPoolExecutor for it, a spin thread."""
     context = Context()
     rclpy.init(context=context)
     node = rclpy.create_node('executor_test', context=context)
