@@ -63,6 +63,8 @@ SHUTDOWN_WAIT_S = 10.0
 MIN_FRAME_SIDE = 8
 #: executor worker threads: one per callback group (frames, jobs, queries, status)
 CALLBACK_THREADS = 4
+#: seconds the prediction worker sleeps at most before it looks at shutdown again
+PREDICTION_IDLE_WAIT_S = 0.5
 
 
 def _json(payload: Dict[str, Any]) -> str:
@@ -161,7 +163,7 @@ class LatentReplayNode(Node):
         self._last_learn: Dict[str, Any] = {}
         self._last_learn_error = ''
         self._closed = False
-        self._prediction_timer = None
+        self._prediction_wake = threading.Event()   # set by every new frame
 
         # ROS interfaces, in separate callback groups
         self._frames_group = MutuallyExclusiveCallbackGroup()
@@ -185,7 +187,9 @@ class LatentReplayNode(Node):
         self._prediction_pub = self.create_publisher(String, '~/prediction', 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._last_published_seq = 0
-        self._set_prediction_rate(self._prediction_rate)
+        self._prediction_thread = threading.Thread(target=self._prediction_loop,
+                                                   name='latent_replay_predict', daemon=True)
+        self._prediction_thread.start()
         self._diagnostics_timer = self.create_timer(
             float(values['diagnostics_period']), self._on_diagnostics,
             callback_group=self._status_group)
@@ -329,6 +333,7 @@ class LatentReplayNode(Node):
                     if len(self._batch) >= self._observe_batch_size \
                             or self._batch_bytes >= OBSERVE_BATCH_BYTES:
                         full = self._take_batch_locked()
+        self._prediction_wake.set()
         if over_budget:
             self.get_logger().warning(
                 f'dropping frames: {OBSERVE_QUEUE_BYTES // 2**20} MB of frames already wait '
@@ -593,12 +598,36 @@ class LatentReplayNode(Node):
         response.success, response.message = True, _json(payload)
         return response
 
-    def _on_prediction_timer(self) -> None:
-        """Publish ~/prediction for the newest frame if it was not published yet."""
-        try:
-            self._publish_prediction()
-        except Exception as exc:  # noqa: B902 - a timer must not stop the node
-            self._callback_failed('publishing ~/prediction', exc)
+    def _prediction_loop(self) -> None:
+        """Worker: publish ~/prediction for new frames, at most ``prediction_rate`` a second.
+
+        A frame is classified as soon as it arrives, unless the last prediction is less than
+        1/``prediction_rate`` s old; then the newest frame is classified once that time has
+        passed. Predictions follow the camera without waiting for a timer tick, and a camera
+        slower than the rate gets every frame classified.
+        """
+        last = -math.inf
+        while not self._closed:
+            if not self._prediction_wake.wait(PREDICTION_IDLE_WAIT_S):
+                continue
+            self._prediction_wake.clear()   # before looking: a frame after this sets it again
+            while not self._closed:
+                rate = self._prediction_rate
+                with self._frame_lock:
+                    frame = self._newest
+                if rate <= 0.0 or frame is None or frame.seq == self._last_published_seq:
+                    break
+                wait = last + 1.0 / rate - time.monotonic()
+                if wait > 0.0:      # then look at closed, rate and the newest frame again
+                    time.sleep(min(wait, PREDICTION_IDLE_WAIT_S))
+                    continue
+                last = time.monotonic()
+                try:
+                    self._publish_prediction()
+                except Exception as exc:  # noqa: B902 - the worker must keep running
+                    if not self._closed and self.context.ok():
+                        self._callback_failed('publishing ~/prediction', exc)
+                break
 
     def _publish_prediction(self) -> None:
         with self._frame_lock:
@@ -615,13 +644,8 @@ class LatentReplayNode(Node):
         self._prediction_pub.publish(String(data=_json(payload)))
 
     def _set_prediction_rate(self, rate: float) -> None:
-        if self._prediction_timer is not None:
-            self.destroy_timer(self._prediction_timer)
-            self._prediction_timer = None
         self._prediction_rate = rate
-        if rate > 0.0:
-            self._prediction_timer = self.create_timer(
-                1.0 / rate, self._on_prediction_timer, callback_group=self._query_group)
+        self._prediction_wake.set()
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, parameters: List[Any]) -> SetParametersResult:
@@ -701,11 +725,13 @@ class LatentReplayNode(Node):
         if self._closed:
             return True
         self._closed = True
+        self._prediction_wake.set()
         try:
             self._observe_queue.put(None, timeout=1.0)
         except queue.Full:
             pass
         self._observe_thread.join(timeout)
+        self._prediction_thread.join(timeout)
         deadline = time.monotonic() + timeout
         while self._job_lock.locked() and time.monotonic() < deadline:
             time.sleep(0.05)

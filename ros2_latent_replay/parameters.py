@@ -134,7 +134,9 @@ NODE_SPECS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('autosave', True, 'save the state atomically after every successful learn',
                   read_only=False),
     ParameterSpec('prediction_rate', 2.0,
-                  'Hz at which ~/prediction is published for the newest frame (0 = off)',
+                  'most ~/prediction messages a second: a new frame is classified as it '
+                  'arrives, or, within 1/rate s of the last prediction, the newest frame once '
+                  'that time has passed (0 = off)',
                   read_only=False, float_range=(0.0, 100.0)),
     ParameterSpec('top_k', 3, 'classes listed in each prediction', read_only=False,
                   int_range=(1, 100)),

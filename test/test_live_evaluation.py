@@ -111,6 +111,9 @@ def test_playing_into_a_node_that_runs_separately(bag, tmp_path):
                                                             rel=1e-3)
         assert [b['loss'] for b in again['batches']] == \
             pytest.approx([b['loss'] for b in first['batches']], rel=2e-2)
-        assert abs(again['final_accuracy'] - first['final_accuracy']) <= TOLERANCE_PP
+        # losses may differ by up to 2%, so one of the few test frames may flip
+        one_frame = 100.0 / first['test_frames']
+        assert abs(again['final_accuracy'] - first['final_accuracy']) <= \
+            max(TOLERANCE_PP, one_frame + 1e-3)
     finally:
         assert stop_process(node) in (0, -2)

@@ -1,6 +1,7 @@
 """latent_replay_node in-process on its real executor: topics, services, state."""
 
 import json
+import time
 
 import pytest
 from rclpy.parameter import Parameter
@@ -70,6 +71,34 @@ def test_learn_without_frames_and_predict_before_learning_fail_clearly(work_dir)
         assert not ok and body['error'] == 'not_trained'
         assert 'nothing has been learned' in body['detail']
         assert not (work_dir / 'state.pt').exists()
+
+
+def test_predictions_follow_frames_at_most_at_prediction_rate(work_dir):
+    """A frame is classified on arrival; a burst is thinned to the rate, its newest kept."""
+    with Harness(work_dir / 'state.pt', **FAST) as h:
+        objects = views(2, 3, 0)
+        _teach_all(h, objects)
+        frame = objects['cat'][0][0]
+        assert h.node.set_parameters([Parameter('prediction_rate', value=0.5)])[0].successful
+
+        def predicted(stamp):
+            return [p for p in h.predictions if abs(p['stamp'] - stamp) < 1e-12]
+
+        # the last prediction is over 2 s (1/rate) old: the next frame goes out on arrival,
+        # not at the next tick of a 2 s timer
+        time.sleep(2.2)
+        sent = time.monotonic()
+        stamp = h.publish_frame(frame)
+        wait_for(lambda: predicted(stamp), what='a prediction for the new frame')
+        assert time.monotonic() - sent < 1.0
+
+        # a burst right after it: one more prediction once 2 s have passed, for the newest
+        # frame only (the others were superseded before the rate allowed another one)
+        burst = [h.publish_frame(frame) for _ in range(10)]
+        wait_for(lambda: predicted(burst[-1]), what='the newest frame of the burst',
+                 timeout=10.0)
+        assert time.monotonic() - sent >= 2.0 - 0.05
+        assert [bool(predicted(s)) for s in burst] == [False] * 9 + [True]
 
 
 def test_second_learn_is_busy_while_images_and_predictions_keep_flowing(work_dir):
