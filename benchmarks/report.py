@@ -262,7 +262,7 @@ WHOLE_STREAMS = {
          'default'),
         ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
          'docs/coil100_clutter_default_5runs', 'default'),
-        ('ours, AR1* (strategy ar1, otherwise default)', 'docs/coil100_clutter_ar1_run0',
+        ('ours, AR1* (strategy ar1, otherwise default)', 'docs/coil100_clutter_ar1_5runs',
          'ar1'),
         ('ours, CWR* (strategy cwr; float32 upper part)', 'docs/coil100_clutter_cwr_5runs',
          'cwr'),
