@@ -57,7 +57,6 @@ class CallbackPoolExecutor(Executor):
         self._queued: Set[Any] = set()          # handed to the pool, not started yet
         self._errors: Deque[BaseException] = collections.deque()
         self.dispatched = 0                     # callbacks handed to the pool
-        self.requeues_skipped = 0               # times a queued callback was yielded again
 
     def _run(self, task: Any) -> None:
         with self._lock:
@@ -76,25 +75,23 @@ class CallbackPoolExecutor(Executor):
             raise error
 
     def _dispatch_one(self, timeout_sec: Any, condition: Any = None) -> None:
-        self._raise_callback_error()
         try:
             if condition is None:
                 task, _, _ = self.wait_for_ready_callbacks(timeout_sec=timeout_sec)
             else:
                 task, _, _ = self.wait_for_ready_callbacks(timeout_sec, None, condition)
         except _NOT_READY:
+            self._raise_callback_error()
             return
         with self._lock:
             queued = task in self._queued
-            if queued:
-                self.requeues_skipped += 1
-            else:
+            if not queued:
                 self._queued.add(task)
                 self.dispatched += 1
         if not queued:
             self._pool.submit(self._run, task)
         _yield_gil()   # the worker should start the callback before the next wait
-        self._raise_callback_error()
+        self._raise_callback_error()   # of any callback that failed since the last call
 
     def spin_once(self, timeout_sec: Optional[float] = None) -> None:
         """Wait for one ready callback and hand it to a worker (it runs there)."""

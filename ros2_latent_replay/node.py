@@ -630,10 +630,7 @@ class LatentReplayNode(Node):
                 break
 
     def _publish_prediction(self) -> None:
-        with self._frame_lock:
-            frame = self._newest
-        if frame is None or frame.seq == self._last_published_seq:
-            return
+        """Classify the newest frame and publish it (the worker checked that it is new)."""
         try:
             frame, payload = self._predict_newest()
         except (NotTrainedError, InputError):
