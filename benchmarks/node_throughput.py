@@ -51,7 +51,8 @@ EXECUTORS = {
     'pool': ['-m', 'ros2_latent_replay.node'],
     'rclpy': ['-c', 'import sys; from rclpy.executors import MultiThreadedExecutor as M; '
                     'from ros2_latent_replay import node; '
-                    'sys.exit(node.main(executor_factory=lambda: M(num_threads=4)))'],
+                    'sys.exit(node.main(executor_factory='
+                    'lambda: M(num_threads=node.CALLBACK_THREADS)))'],
 }
 EXECUTOR_NAMES = {'pool': 'CallbackPoolExecutor',
                   'rclpy': 'rclpy MultiThreadedExecutor'}
