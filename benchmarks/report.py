@@ -47,7 +47,9 @@ def md_table(header, rows):
 FIGURE1_MAIN = 'learn_latency_all_default_cut.json'
 #: Figure 2: learn-time re-runs on a quieter machine (MobileNetV2 timed with random weights);
 #: a later file's row replaces an earlier one's for the same backbone and cut.
-FIGURE2_TIMES = ['layer_table_learn_time_v2.json', 'layer_table_learn_time_v3.json']
+#: (file, label shown beside its times).
+FIGURE2_TIMES = [('layer_table_learn_time_v2.json', 'v2'),
+                 ('layer_table_learn_time_v3.json', 'v3')]
 
 
 def learn_latency(plt, parts):
@@ -189,6 +191,14 @@ def memory(plt, parts):
     parts.append(text + '\n\n' + context(d))
 
 
+def native_runs_of(scen):
+    """Native rehearsal's runs, pooled from accuracy_<scen>_native.json and _native_*.json."""
+    runs = {}
+    for path in sorted(RESULTS.glob(f'accuracy_{scen}_native*.json')):
+        runs.update(json.loads(path.read_text()).get('results', {}).get('native', {}))
+    return runs
+
+
 def accuracy(plt, parts):
     """Render the figure 7 tables and plots."""
     for scen, title in (('clutter', 'COIL-100 clutter NIC'), ('nic_coil', 'COIL-100 NIC_coil')):
@@ -196,15 +206,21 @@ def accuracy(plt, parts):
         if not d:
             continue
         ours_runs = {}
-        for extra in ('cumulative', 'native', 'cut51', 'cut53'):   # separate runs, own files
+        for extra in ('cumulative', 'native', 'cut51', 'cut53',
+                      'b14_default'):   # separate runs, own files
             more = load(f'accuracy_{scen}_{extra}.json')
             if not more:
                 continue
-            if extra.startswith('cut'):   # our learner at an explicit cut
+            if extra.startswith('cut') or extra == 'b14_default':   # ours at an explicit cut
                 cut = more['settings']['cut']
+                if extra == 'b14_default':   # the defaults of that day, first 14 batches
+                    cut += f", defaults of {more['date_utc'][:10]}"
                 for method, value in more['summary'].items():
                     d['summary'][f'{method} ({cut})'] = value
                     ours_runs[f'{method} ({cut})'] = more['results'][method]
+            elif extra == 'native':   # runs pooled from every native rehearsal file
+                from accuracy import summarise
+                d['summary'].update(summarise({'native': native_runs_of(scen)}))
             else:
                 d['summary'].update(more['summary'])
         rows = []
@@ -222,11 +238,11 @@ def accuracy(plt, parts):
                      for m, s in short['summary'].items()]
             text += ('\n\nFirst 14 batches only ('
                      '%):\n\n' + md_table(['method', 'final', 'mean', 'runs'], srows))
-        native = load(f'accuracy_{scen}_native.json')
-        if native:
+        native_runs = native_runs_of(scen)
+        if native_runs:
             from accuracy import checkpoints_of
             cmp_rows = []
-            for run, nat in native['results'].get('native', {}).items():
+            for run, nat in sorted(native_runs.items()):
                 for name, runs in ours_runs.items():
                     ours = runs.get(run)
                     if not ours or not name.startswith('ar1_free'):
@@ -272,6 +288,8 @@ WHOLE_STREAMS = {
         ('ours, naive fine-tuning', 'docs/coil100_clutter_all', 'naive'),
         ('Avalanche Cumulative, 10 batches/experience',
          'accuracy_clutter_cumulative_full.json', 'av_cumulative'),
+        ('Avalanche Replay, 1,500 latents',
+         'accuracy_clutter_full_replay_a.json+accuracy_clutter_full_replay_b.json', 'av_replay'),
         ('Avalanche Naive', 'accuracy_clutter_full_naive.json', 'av_naive'),
         ('nearest class mean (frozen features)', 'accuracy_clutter_full_heads.json', 'ncm'),
         ('streaming LDA (frozen features)', 'accuracy_clutter_full_heads.json', 'slda'),
@@ -286,6 +304,14 @@ WHOLE_STREAMS = {
         ('ours, float32 lower part', 'docs/nic_coil_lr1e3_run0', 'default'),
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/nic_coil', 'default'),
         ('ours, naive fine-tuning', 'docs/nic_coil', 'naive'),
+        ('Avalanche Cumulative, 1 batch/experience',
+         'accuracy_nic_coil_full_cumulative_g1_a.json+accuracy_nic_coil_full_cumulative_g1_b.json',
+         'av_cumulative'),
+        ('Avalanche Cumulative, 10 batches/experience',
+         'accuracy_nic_coil_full_cumulative.json', 'av_cumulative'),
+        ('Avalanche Replay, 1,500 latents',
+         'accuracy_nic_coil_full_replay_a.json+accuracy_nic_coil_full_replay_b.json',
+         'av_replay'),
         ('Avalanche Naive', 'accuracy_nic_coil_full_cheap.json', 'av_naive'),
         ('nearest class mean (frozen features)', 'accuracy_nic_coil_full_cheap.json', 'ncm'),
         ('streaming LDA (frozen features)', 'accuracy_nic_coil_full_cheap.json', 'slda'),
@@ -305,15 +331,19 @@ def _whole_stream_row(label, source, key):
                                           s['mean_accuracy_mean'], s['mean_accuracy_std'])
         runs = ','.join(src.rsplit('/', 1)[-1] for src in s['sources'])
         where = f'docs/results/{source[5:]}'
-    else:
-        d = load(source)
-        s = d.get('summary', {}).get(key) if d else None
-        if not s:
+    else:   # one accuracy.py file, or several ('a.json+b.json') whose runs are pooled
+        per_run = {}
+        for name in source.split('+'):
+            d = load(name)
+            per_run.update((d or {}).get('results', {}).get(key, {}))
+        if not per_run:
             return None
+        from accuracy import summarise
+        s = summarise({key: per_run})[key]
         final, final_sd, mean, mean_sd = (100 * s['final_mean'], 100 * s['final_std'],
                                           100 * s['mean_mean'], 100 * s['mean_std'])
         runs = ','.join(s['runs'])
-        where = source
+        where = source.replace('+', ' + ')
     spread = (lambda v: f' ± {v:.1f}') if ',' in runs else (lambda v: '')
     return [label, f'{final:.1f}{spread(final_sd)}', f'{mean:.1f}{spread(mean_sd)}', runs,
             where]
@@ -346,11 +376,11 @@ def layer_table(plt, parts):
     if not d:
         return
     again, reruns = {}, []
-    for name in FIGURE2_TIMES:
+    for name, label in FIGURE2_TIMES:
         rerun = load(name)
         if rerun and rerun['rows']:
             reruns.append((name, rerun))
-            again.update({(r['backbone'], r['cut']): (r['learn_seconds_median'], name[-7:-5])
+            again.update({(r['backbone'], r['cut']): (r['learn_seconds_median'], label)
                           for r in rerun['rows'] if 'learn_seconds_median' in r})
     rows = []
     for r in d['rows']:
