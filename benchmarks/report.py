@@ -191,11 +191,11 @@ def memory(plt, parts):
     parts.append(text + '\n\n' + context(d))
 
 
-def native_runs_of(scen):
-    """Native rehearsal's runs, pooled from accuracy_<scen>_native.json and _native_*.json."""
+def pooled_runs(names, method):
+    """``method``'s runs (run name -> result) pooled from several accuracy.py files."""
     runs = {}
-    for path in sorted(RESULTS.glob(f'accuracy_{scen}_native*.json')):
-        runs.update(json.loads(path.read_text()).get('results', {}).get('native', {}))
+    for name in names:
+        runs.update(((load(name) or {}).get('results') or {}).get(method, {}))
     return runs
 
 
@@ -206,6 +206,8 @@ def accuracy(plt, parts):
         if not d:
             continue
         ours_runs = {}
+        native_runs = pooled_runs(sorted(p.name for p in RESULTS.glob(
+            f'accuracy_{scen}_native*.json')), 'native')   # _native.json, _native_b.json ...
         for extra in ('cumulative', 'native', 'cut51', 'cut53',
                       'b14_default'):   # separate runs, own files
             more = load(f'accuracy_{scen}_{extra}.json')
@@ -220,7 +222,7 @@ def accuracy(plt, parts):
                     ours_runs[f'{method} ({cut})'] = more['results'][method]
             elif extra == 'native':   # runs pooled from every native rehearsal file
                 from accuracy import summarise
-                d['summary'].update(summarise({'native': native_runs_of(scen)}))
+                d['summary'].update(summarise({'native': native_runs}))
             else:
                 d['summary'].update(more['summary'])
         rows = []
@@ -238,7 +240,6 @@ def accuracy(plt, parts):
                      for m, s in short['summary'].items()]
             text += ('\n\nFirst 14 batches only ('
                      '%):\n\n' + md_table(['method', 'final', 'mean', 'runs'], srows))
-        native_runs = native_runs_of(scen)
         if native_runs:
             from accuracy import checkpoints_of
             cmp_rows = []
@@ -332,10 +333,7 @@ def _whole_stream_row(label, source, key):
         runs = ','.join(src.rsplit('/', 1)[-1] for src in s['sources'])
         where = f'docs/results/{source[5:]}'
     else:   # one accuracy.py file, or several ('a.json+b.json') whose runs are pooled
-        per_run = {}
-        for name in source.split('+'):
-            d = load(name)
-            per_run.update((d or {}).get('results', {}).get(key, {}))
+        per_run = pooled_runs(source.split('+'), key)
         if not per_run:
             return None
         from accuracy import summarise
