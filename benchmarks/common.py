@@ -57,6 +57,24 @@ def cpu_model() -> str:
     return platform.processor() or 'unknown'
 
 
+#: CPU features that decide which int8 kernels ONNX Runtime runs (and how fast): without a
+#: VNNI flag its uint8 x int8 products need the slower exact path (see ``open_session``).
+INT8_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'amx_int8', 'asimddp')
+
+
+def cpu_int8_flags() -> List[str]:
+    """Return which of :data:`INT8_CPU_FLAGS` /proc/cpuinfo lists (empty when unknown)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as handle:
+            for line in handle:
+                if line.startswith(('flags', 'Features')):
+                    present = set(line.split(':', 1)[1].split())
+                    return [flag for flag in INT8_CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def memory_total_bytes() -> int:
     """Return MemTotal from /proc/meminfo in bytes (0 when unknown)."""
     try:
@@ -98,7 +116,8 @@ def versions() -> Dict[str, str]:
 
 def machine() -> Dict[str, Any]:
     """CPU model, core count, memory, current load average and the threads in use."""
-    info = {'cpu_model': cpu_model(), 'cores': os.cpu_count(),
+    info = {'cpu_model': cpu_model(), 'cpu_int8_flags': cpu_int8_flags(),
+            'cores': os.cpu_count(),
             'memory_bytes': memory_total_bytes(), 'platform': platform.platform(),
             'load_average': list(os.getloadavg())}
     try:

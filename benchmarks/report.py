@@ -275,7 +275,7 @@ def accuracy(plt, parts):
 #: latent-replay-eval outputs (percent); the others accuracy.py outputs here (fractions).
 WHOLE_STREAMS = {
     'COIL-100 clutter NIC, 383 batches': [
-        ('ours, default (int8 lower and upper parts)', 'docs/coil100_clutter_upper_int8_run0',
+        ('ours, default (int8 lower and upper parts)', 'docs/coil100_clutter_upper_int8_5runs',
          'default'),
         ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
          'docs/coil100_clutter_default_5runs', 'default'),
@@ -432,10 +432,10 @@ FIGURE2_WHOLE = [
     ('pool', 'coil100_clutter_cut_pool_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.3, strategy ar1 (run beside the cuts above: timing reference)',
      'coil100_clutter_ar1_run0', 'coil100_clutter_upper_int8_run0'),
-    ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run1', 'coil100_clutter_default_run1'),
-    ('blocks.6.0', 'coil100_clutter_cut_blocks_6_0_run1', 'coil100_clutter_default_run1'),
-    ('conv_head', 'coil100_clutter_cut_conv_head_run1', 'coil100_clutter_default_run1'),
-    ('pool', 'coil100_clutter_cut_pool_run1', 'coil100_clutter_default_run1'),
+    ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run1', 'coil100_clutter_upper_int8_run1'),
+    ('blocks.6.0', 'coil100_clutter_cut_blocks_6_0_run1', 'coil100_clutter_upper_int8_run1'),
+    ('conv_head', 'coil100_clutter_cut_conv_head_run1', 'coil100_clutter_upper_int8_run1'),
+    ('pool', 'coil100_clutter_cut_pool_run1', 'coil100_clutter_upper_int8_run1'),
 ]
 
 
