@@ -198,6 +198,32 @@ def int8_runtime(lower, tmp_path_factory):
                               cache_dir=str(tmp_path_factory.mktemp('int8-cache')))
 
 
+def test_int8_sessions_do_not_saturate_on_any_cpu():
+    """Quantized products summing past 16 bits stay exact (CPUs without VNNI saturate them).
+
+    A 1x1 convolution whose uint8 inputs and int8 weights all sit near their maxima: on an
+    AVX2-only CPU ONNX Runtime's fast kernel clips pairs of products to int16 and the
+    outputs come out ~28% low; the sessions ``open_session`` opens must compute them.
+    """
+    onnx = pytest.importorskip('onnx')
+    from ros2_latent_replay.core.lower_quantization import quantize_graph
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 8, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(8, 64, 1, 1) * 0.5 + 0.5)
+    net = nn.Sequential(conv).eval()
+    x = (torch.rand(16, 64, 4, 4) * 0.2 + 0.8).numpy()
+    data, _, _ = export_onnx(net, torch.zeros(2, 64, 4, 4))
+    quantized = quantize_graph(data, x, preprocess=False)
+    assert [node.op_type for node in onnx.load_from_string(quantized).graph.node].count(
+        'QLinearConv') == 1
+    session = open_session(quantized, 1)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 0.02
+
+
 def test_int8_graph_is_quantized_and_close_to_float32_on_photographs(int8_runtime, lower):
     """int8: QLinearConv graph; latents of real photos near eager float32, not equal."""
     import onnx
