@@ -31,6 +31,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+from ros2_latent_replay.core.host_info import cpu_int8_flags, cpu_model  # noqa: E402
+
+
 def _default_cut() -> str:
     from ros2_latent_replay.core.config import LearnerConfig
     return LearnerConfig().latent_layer
@@ -43,36 +46,6 @@ SCENARIOS = {
     'nic_coil': (COIL_NIC, COIL_IMAGES),
     'clutter': (CLUTTER_NIC, CLUTTER_IMAGES),
 }
-
-
-def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as handle:
-            for line in handle:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
-#: CPU features that decide which int8 kernels ONNX Runtime runs (and how fast): without a
-#: VNNI flag its uint8 x int8 products need the slower exact path (see ``open_session``).
-INT8_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'amx_int8', 'asimddp')
-
-
-def cpu_int8_flags() -> List[str]:
-    """Return which of :data:`INT8_CPU_FLAGS` /proc/cpuinfo lists (empty when unknown)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as handle:
-            for line in handle:
-                if line.startswith(('flags', 'Features')):
-                    present = set(line.split(':', 1)[1].split())
-                    return [flag for flag in INT8_CPU_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
 
 
 def memory_total_bytes() -> int:

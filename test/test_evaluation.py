@@ -14,6 +14,7 @@ from ros2_latent_replay.core.errors import ConfigError
 from ros2_latent_replay.core.evaluation import LatentCache, ScenarioSource, compare, evaluate, \
     label_runs, learner_values_from_yaml, load_config, parse_override, plot_results, \
     results_document, summarize, write_results
+from ros2_latent_replay.core.host_info import INT8_CPU_FLAGS
 from ros2_latent_replay.core.learner import ContinualLearner
 from ros2_latent_replay.core.scenario import read_scenario
 from ros2_latent_replay.evaluation import eval_cli
@@ -224,6 +225,9 @@ def test_cli_writes_results_and_plot(scenario, tmp_path, capsys):
     assert 0.0 <= document['final_accuracy'] <= 100.0
     assert document['final_accuracy'] == document['runs'][0]['final_accuracy']
     assert document['ignored_config_keys']['fast'] == ['state_file']
+    host = document['host']      # numbers depend on the CPU: the file says which one
+    assert host['cores'] >= 1 and host['cpu_model'] and host['torch'] == torch.__version__
+    assert set(host['cpu_int8_flags']) <= set(INT8_CPU_FLAGS)
     assert all(r['seed'] == 1 and len(r['batches']) == 2 for r in document['runs'])
     assert (out / 'accuracy.png').stat().st_size > 10_000
     assert not (out / 'progress.json').exists()     # only while a run is in progress

@@ -24,6 +24,7 @@ from ..core.config import STRATEGIES, LearnerConfig
 from ..core.errors import LatentReplayError
 from ..core.evaluation import ScenarioSource, compare, load_config, parse_override, \
     plot_results, results_document, summarize, write_results
+from ..core.host_info import host_facts
 from ..core.scenario import read_scenario
 
 
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             print(f'note: {name}: not learner settings, ignored: {", ".join(keys)}',
                   file=sys.stderr)
     runs: List[Dict[str, Any]] = []
-    extra = {'command': sys.argv, 'ignored_config_keys': ignored}
+    extra = {'command': sys.argv, 'ignored_config_keys': ignored, 'host': host_facts()}
     progress_file, state_file = out / 'progress.json', out / 'progress.pt'
     resume = None
     if args.resume:
