@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import LOWER_PRECISIONS
 from .errors import ConfigError, InputError
+from .host_info import int8_products_saturate
 from .lower_quantization import (CALIBRATION_SEED, QUANTIZATION_VERSION, calibration_images,
                                  check_int8_agreement, quantize_lower)
 
@@ -112,13 +113,15 @@ def open_session(data: bytes, threads: int) -> Any:
     The session logs errors only: its warnings are about graph clean-ups (e.g. unused
     constants the exporter left in a quantized graph), printed on stderr at every open.
 
-    Quantized operators run exactly on every x86-64 CPU: without VNNI (AVX2, AVX-512
+    Quantized operators run exactly on every CPU. On x86 CPUs without VNNI (AVX2, AVX-512
     without VNNI) ONNX Runtime's fast uint8 x int8 kernels add pairs of products in
     saturating 16-bit integers, which bent the int8 lower part's latents to a cosine
-    similarity of 0.93 with float32 on an AVX2-only EPYC (0.99 with VNNI).
-    ``session.x64quantprecision`` turns their weights into uint8 at load on those CPUs
-    only (no saturation; ~1.4x slower there, still ~1.2x faster than float32); VNNI and
-    ARM CPUs run the graph as before.
+    similarity of 0.93 with float32 on an AVX2-only EPYC (0.99 with VNNI). On those CPUs
+    (:func:`~.host_info.int8_products_saturate`) the session sets
+    ``session.x64quantprecision``: ONNX Runtime turns the weights into uint8 at load and
+    runs its exact uint8 x uint8 kernels (~1.4x slower there, still ~1.2x faster than
+    float32). Not elsewhere: ONNX Runtime would apply it on VNNI CPUs too, whose fast
+    kernels are exact already.
     """
     import onnxruntime as ort
 
@@ -129,7 +132,8 @@ def open_session(data: bytes, threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    options.add_session_config_entry('session.x64quantprecision', '1')
+    if int8_products_saturate():
+        options.add_session_config_entry('session.x64quantprecision', '1')
     return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
 

@@ -37,9 +37,24 @@ def cpu_int8_flags() -> List[str]:
     return [flag for flag in INT8_CPU_FLAGS if flag in present]
 
 
+def int8_products_saturate() -> bool:
+    """Return True on an x86 CPU whose fast uint8 x int8 kernels clip sums to 16 bits.
+
+    That is every x86-64 (or x86) CPU without VNNI (``avx512_vnni`` or ``avx_vnni``): ONNX
+    Runtime's kernels there add pairs of products with ``vpmaddubsw``, which saturates.
+    An x86 CPU whose flags cannot be read counts as one (the exact path is only slower);
+    other architectures do not.
+    """
+    if platform.machine().lower() not in ('x86_64', 'amd64', 'i386', 'i686', 'x86'):
+        return False
+    flags = set(_cpuinfo_value(('flags',)).split())
+    return not flags & {'avx512_vnni', 'avx_vnni'}
+
+
 def host_facts() -> Dict[str, Any]:
     """Return the CPU model, its int8 flags, the core count and torch/ONNX Runtime versions."""
     facts: Dict[str, Any] = {'cpu_model': cpu_model(), 'cpu_int8_flags': cpu_int8_flags(),
+                             'int8_exact_path': int8_products_saturate(),
                              'cores': os.cpu_count(), 'machine': platform.machine()}
     for name in ('torch', 'onnxruntime'):
         try:
@@ -49,4 +64,5 @@ def host_facts() -> Dict[str, Any]:
     return facts
 
 
-__all__ = ['INT8_CPU_FLAGS', 'cpu_int8_flags', 'cpu_model', 'host_facts']
+__all__ = ['INT8_CPU_FLAGS', 'cpu_int8_flags', 'cpu_model', 'host_facts',
+           'int8_products_saturate']
