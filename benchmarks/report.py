@@ -296,6 +296,8 @@ WHOLE_STREAMS = {
         ('streaming LDA (frozen features)', 'accuracy_clutter_full_heads.json', 'slda'),
     ],
     'COIL-100 NIC_coil, 138 batches': [
+        ('ours, default (int8 lower and upper parts)', 'docs/nic_coil_upper_int8_5runs',
+         'default'),
         ('ours, int8 lower part, float32 upper part (default until 2026-12-02)',
          'docs/nic_coil_default_5runs', 'default'),
         ('ours, AR1* (strategy ar1; float32 upper part)', 'docs/nic_coil_ar1_5runs', 'ar1'),
