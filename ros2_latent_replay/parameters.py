@@ -74,7 +74,8 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
     'lower_runtime': ('engine for the frozen lower part (auto = ONNX Runtime when available)',
                       None, None, core_config.LOWER_RUNTIMES),
     'lower_precision': ('number format of the frozen lower part: int8 = ONNX Runtime graph '
-                        'quantized at start-up (about 1.8x faster per frame; latents differ '
+                        'quantized at start-up (about 1.8x faster per frame on CPUs with '
+                        'VNNI, ~1.1x on AVX2-only ones; latents differ '
                         'slightly from float32, so a state file loads only with the '
                         'precision it was made with); auto = int8 when the lower part is '
                         'frozen and runs in ONNX Runtime, else float32', None,

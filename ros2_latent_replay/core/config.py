@@ -37,7 +37,8 @@ class LearnerConfig:
     stream (e.g. 66.9% vs 56.8% after 151 batches of run 0), at the same learning time.
 
     ``lower_precision='auto'`` runs a frozen lower part in ONNX Runtime as an int8 graph
-    (:meth:`effective_lower_precision`): about 1.8x faster per frame than float32 at equal
+    (:meth:`effective_lower_precision`): about 1.8x faster per frame than float32 on CPUs
+    with VNNI (~1.1x on AVX2-only ones, where ONNX Runtime takes its exact path) at equal
     accuracy (whole COIL-100 clutter stream, run 0: see the README); a lower part that
     trains (``slowed``), runs in eager PyTorch or does not quantize well stays float32.
 
