@@ -6,23 +6,30 @@ take another path on x86-64 CPUs without VNNI (see
 :func:`~.frozen_runtime.open_session`).
 """
 
+import functools
 import os
 import platform
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 #: CPU features that decide which int8 kernels ONNX Runtime runs, and how fast.
 INT8_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'amx_int8', 'asimddp')
 
 
-def _cpuinfo_value(prefixes: tuple) -> str:
-    """Return the value of the first /proc/cpuinfo line starting with one of ``prefixes``."""
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_lines() -> Tuple[str, ...]:
+    """Return /proc/cpuinfo's lines, read once: sessions open after every learning step."""
     try:
         with open('/proc/cpuinfo', encoding='utf-8') as handle:
-            for line in handle:
-                if line.startswith(prefixes) and ':' in line:
-                    return line.split(':', 1)[1].strip()
+            return tuple(handle)
     except OSError:
-        pass
+        return ()
+
+
+def _cpuinfo_value(prefixes: tuple) -> str:
+    """Return the value of the first /proc/cpuinfo line starting with one of ``prefixes``."""
+    for line in _cpuinfo_lines():
+        if line.startswith(prefixes) and ':' in line:
+            return line.split(':', 1)[1].strip()
     return ''
 
 
