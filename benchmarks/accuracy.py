@@ -292,7 +292,13 @@ def main():
                              'it and resumes from benchmarks/results/tmp/ when run again')
     parser.add_argument('--no-resume', action='store_true',
                         help='start av_cumulative afresh even where a saved state exists')
+    parser.add_argument('--progress', action='store_true',
+                        help='only list the saved av_cumulative states (experiences done, '
+                             'accuracies so far) and write them to accuracy_resume_progress.json')
     args = parser.parse_args()
+    if args.progress:
+        write_progress(Recorder('accuracy_resume_progress', vars(args)))
+        return
     tune_malloc_now()
     set_threads(args.threads)
     out_name = args.out or f'accuracy_{args.scenario}.json'
@@ -354,6 +360,21 @@ def main():
                   f'{np.mean(accs):.4f} ({sec:.0f} s, {n_batches} batches)', flush=True)
             rec.write(out_name, results=results, summary=summarise(results))
     rec.write(out_name, results=results, summary=summarise(results), complete=True)
+
+
+def write_progress(rec):
+    """Write what the saved ``av_cumulative`` states under results/tmp/ have done so far."""
+    states = {}
+    for path in sorted(CACHE.glob('resume_*.pt')):
+        state = torch.load(path, weights_only=True)
+        states[path.name] = {'experiences_done': state['done'], 'experiences': state['total'],
+                             'seconds': state['seconds'], 'accuracies_so_far': state['accs'],
+                             'saved_on_cpu': state['cpu'],
+                             'saved_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                                                        time.gmtime(path.stat().st_mtime))}
+        print(f"{path.name}: {state['done']} of {state['total']} experiences, "
+              f"{state['seconds']:.0f} s, accuracies {[round(a, 4) for a in state['accs']]}")
+    rec.write('accuracy_resume_progress.json', states=states)
 
 
 def summarise(results):
