@@ -288,8 +288,8 @@ WHOLE_STREAMS = {
         ('ours, lr_incremental 3e-4 (earlier)', 'docs/coil100_clutter_all', 'default'),
         ('ours, naive fine-tuning', 'docs/coil100_clutter_all', 'naive'),
         ('Avalanche Cumulative, 1 batch/experience',
-         'accuracy_clutter_cumulative_g1_a.json+accuracy_clutter_cumulative_g1_b.json',
-         'av_cumulative'),
+         '+'.join(f'accuracy_clutter_cumulative_g1_{s}.json' for s in 'abcde'),
+         'av_cumulative'),   # one file per run and core: runs 2, 3 -> a, b; 0, 1, 4 -> c, d, e
         ('Avalanche Cumulative, 10 batches/experience',
          'accuracy_clutter_cumulative_full.json', 'av_cumulative'),
         ('Avalanche Replay, 1,500 latents',
@@ -346,7 +346,7 @@ def _whole_stream_row(label, source, key):
         final, final_sd, mean, mean_sd = (100 * s['final_mean'], 100 * s['final_std'],
                                           100 * s['mean_mean'], 100 * s['mean_std'])
         runs = ','.join(s['runs'])
-        where = source.replace('+', ' + ')
+        where = ' + '.join(n for n in source.split('+') if (RESULTS / n).exists())
     spread = (lambda v: f' ± {v:.1f}') if ',' in runs else (lambda v: '')
     return [label, f'{final:.1f}{spread(final_sd)}', f'{mean:.1f}{spread(mean_sd)}', runs,
             where]
