@@ -309,6 +309,7 @@ def main():
         import json
         previous = json.loads((RESULTS / out_name).read_text()).get('results', {})
     results = previous
+    stopped = False   # a run stopped by --time-budget: the file is not complete
     methods = [m for m in args.methods.split(',') if m]   # variants: name@key=v;key=v
     for run in [int(r) for r in args.runs.split(',')]:
         scen = scenario_of(args.scenario, run, args.max_batches)
@@ -342,6 +343,7 @@ def main():
                                      args.cumulative_group, run, state_path=state_path,
                                      deadline=deadline)
                 if done is None:
+                    stopped = True
                     continue
                 accs, sec = done
                 n_batches = len(batches)
@@ -359,7 +361,7 @@ def main():
             print(f'{args.scenario} run{run} {method}: final {accs[-1]:.4f} mean '
                   f'{np.mean(accs):.4f} ({sec:.0f} s, {n_batches} batches)', flush=True)
             rec.write(out_name, results=results, summary=summarise(results))
-    rec.write(out_name, results=results, summary=summarise(results), complete=True)
+    rec.write(out_name, results=results, summary=summarise(results), complete=not stopped)
 
 
 def write_progress(rec):
