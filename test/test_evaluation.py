@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ros2_latent_replay.core.config import LearnerConfig
-from ros2_latent_replay.core.errors import ConfigError
+from ros2_latent_replay.core.errors import ConfigError, InputError
 from ros2_latent_replay.core.evaluation import LatentCache, ScenarioSource, compare, evaluate, \
     label_runs, learner_values_from_yaml, load_config, parse_override, plot_results, \
     results_document, summarize, write_results
@@ -96,23 +96,47 @@ def test_runs_are_deterministic_for_a_seed(default_run, scenario):
     assert ['accuracy' in b for b in other_seed['batches']] == [False, False, True]
 
 
-def test_an_interrupted_run_resumes_with_the_same_results(default_run, scenario, tmp_path):
+class StopAt(ScenarioSource):
+    """A scenario source whose ``load_batch(index)`` is interrupted (a Ctrl-C mid-stream)."""
+
+    def __init__(self, *args, stop_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_at = stop_at
+
+    def load_batch(self, index):
+        """Stop at batch ``stop_at``, load the others."""
+        if index == self.stop_at:
+            raise KeyboardInterrupt
+        return super().load_batch(index)
+
+
+@pytest.mark.parametrize('where', ['before the state is saved', 'during the next batch'])
+def test_an_interrupted_run_resumes_with_the_same_results(default_run, scenario, tmp_path,
+                                                          where):
     state = tmp_path / 'progress.pt'
     seen = []
 
-    def interrupt_after_two(record):
-        seen.append(record)
-        if len(seen) == 2:
+    def record(batch):
+        seen.append(batch)
+        if where == 'before the state is saved' and len(seen) == 2:
             raise KeyboardInterrupt
 
+    source = StopAt(scenario, test_stride=8, stop_at=2 if where == 'during the next batch'
+                    else None)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(ScenarioSource(scenario, test_stride=8), LearnerConfig(**FAST),
-                 progress=False, on_batch=interrupt_after_two, state_file=state)
+        evaluate(source, LearnerConfig(**FAST), progress=False, on_batch=record,
+                 state_file=state)
+    # two records; the state holds one step (stopped between the record and the state) or
+    # two (stopped while loading the third batch): both resume to the uninterrupted results
+    assert len(seen) == 2
     resumed = evaluate(ScenarioSource(scenario, test_stride=8), LearnerConfig(**FAST),
-                       progress=False, state_file=state,
-                       resume={'batches': seen, 'wall_seconds': seen[-1]['wall_seconds']})
+                       progress=False, state_file=state, resume={'batches': seen})
     assert resumed['resumed'] and _without_timing(resumed) == _without_timing(default_run)
     assert resumed['final_accuracy'] == default_run['final_accuracy']
+    if where == 'before the state is saved':
+        with pytest.raises(InputError, match='holds 3 steps but the progress file 1'):
+            evaluate(ScenarioSource(scenario, test_stride=8), LearnerConfig(**FAST),
+                     progress=False, state_file=state, resume={'batches': seen[:1]})
 
 
 def test_the_offline_path_is_the_nodes_path(default_run, scenario):
@@ -242,6 +266,35 @@ def test_cli_writes_results_and_plot(scenario, tmp_path, capsys):
     assert eval_cli.main(['--merge', str(out / 'results.json'), str(out / 'results.json'),
                           '--out', str(merged)]) == 0
     assert json.loads((merged / 'results.json').read_text())['summary']['fast']['runs'] == 2
+
+
+def test_cli_resumes_a_run_stopped_while_its_state_was_written(scenario, tmp_path,
+                                                               monkeypatch):
+    args = ['--scenario', str(RUN0), '--images', str(IMAGES), '--max-batches', '3',
+            '--test-stride', '16', '--no-progress'] + \
+        [a for k, v in FAST.items() for a in ('--set', f'{k}={v}')]
+    assert eval_cli.main(args + ['--out', str(tmp_path / 'whole')]) == 0
+    whole = json.loads((tmp_path / 'whole' / 'results.json').read_text())['runs'][0]
+    out = tmp_path / 'stopped'
+    save, calls = ContinualLearner.save, []
+
+    def stop_on_the_second_save(learner, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        save(learner, path)
+
+    monkeypatch.setattr(ContinualLearner, 'save', stop_on_the_second_save)
+    assert eval_cli.main(args + ['--out', str(out)]) == 130
+    monkeypatch.setattr(ContinualLearner, 'save', save)
+    progress = json.loads((out / 'progress.json').read_text())
+    assert [b['batch'] for b in progress['batches']] == [0, 1]     # batch 1 recorded ...
+    assert (out / 'progress.pt').exists() and not (out / 'results.json').exists()
+    assert eval_cli.main(args + ['--out', str(out), '--resume']) == 0   # ... and learned again
+    resumed = json.loads((out / 'results.json').read_text())['runs'][0]
+    assert [b['batch'] for b in resumed['batches']] == [0, 1, 2] and resumed['resumed']
+    assert _without_timing(resumed) == _without_timing(whole)
+    assert not (out / 'progress.json').exists() and not (out / 'progress.pt').exists()
 
 
 def test_cli_errors_are_messages(tmp_path, capsys):

@@ -272,10 +272,11 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
     source). The test set is classified after every ``eval_every``-th batch and after the
     last one. Returns the run's record (see :func:`write_results` for the layout).
 
-    With ``state_file`` the learner's whole state is saved there after every batch;
-    ``resume`` (``{'batches': records so far, 'wall_seconds': ...}``) continues a run from
-    that file, with the same results as an uninterrupted run (the learner's randomness is
-    seeded per step).
+    With ``state_file`` the learner's whole state is saved there after every batch, after
+    ``on_batch`` has recorded the batch; ``resume`` (``{'batches': records so far}``)
+    continues a run from that file, with the same results as an uninterrupted run (the
+    learner's randomness is seeded per step). A stop between the record and the state (the
+    records hold one learned batch more than the state) learns that batch again.
     """
     from .learner import ContinualLearner
 
@@ -296,13 +297,16 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
         if resume:
             batches = [dict(b) for b in resume['batches']]
             learner.load(str(state_file))
-            if learner.steps != sum(1 for b in batches if b.get('learned')):
+            learned = sum(1 for b in batches if b.get('learned'))
+            if learner.steps == learned - 1 and batches[-1].get('learned'):
+                batches.pop()       # stopped before its state was saved: learn it again
+            elif learner.steps != learned:
                 raise InputError(f'{state_file} holds {learner.steps} steps but the progress '
-                                 f'file {sum(1 for b in batches if b.get("learned"))}')
+                                 f'file {learned}')
             for key, field_name in (('encode', 'encode_seconds'), ('train', 'train_seconds'),
                                     ('eval', 'eval_seconds')):
                 totals[key] = sum(b.get(field_name, 0.0) for b in batches)
-            earlier_wall = float(resume.get('wall_seconds', 0.0))
+            earlier_wall = float(batches[-1].get('wall_seconds', 0.0)) if batches else 0.0
         test_truth = [normalize_label(t, config.max_label_length) for t in source.test_labels]
         test_latents = None
         if frozen:
@@ -329,11 +333,11 @@ def evaluate(source: Any, config: Optional[LearnerConfig] = None, name: str = 'd
                     record['eval_seconds'] = round(time.perf_counter() - t0, 4)
                     totals['eval'] += record['eval_seconds']
                 batches.append(record)
-                if state_file is not None:
-                    learner.save(str(state_file))
                 record['wall_seconds'] = round(earlier_wall + time.perf_counter() - started, 3)
                 if on_batch is not None:
                     on_batch(record)
+                if state_file is not None:
+                    learner.save(str(state_file))
                 if bar is not None:
                     bar.update(1)
                     if 'accuracy' in record:

@@ -179,7 +179,7 @@ def _previous(out: Path, progress_file: Path, state_file: Path
         batches = progress.get('batches') or []
         if batches:
             resume = {'name': progress['name'], 'source': progress['source'].get('name', ''),
-                      'batches': batches, 'wall_seconds': batches[-1].get('wall_seconds', 0.0)}
+                      'batches': batches}
             print(f'resuming {resume["name"]} on {resume["source"]} after batch '
                   f'{batches[-1]["batch"]}', file=sys.stderr)
     if runs:
@@ -229,8 +229,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     def save_batch(name: str, source: Any, record: Dict[str, Any]) -> None:
         if not partial or partial[0] != (name, id(source)):
-            earlier = resume['batches'] if resume and (resume['name'], resume['source']) == \
-                (name, source.name) else []
+            earlier = [b for b in resume['batches'] if b['batch'] < record['batch']] \
+                if resume and (resume['name'], resume['source']) == (name, source.name) else []
             partial[:] = [(name, id(source)), list(earlier)]
         partial[1].append(record)
         write_results(progress_file, {'name': name, 'source': source.describe(),
