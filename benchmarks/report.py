@@ -430,6 +430,7 @@ def layer_table(plt, parts):
 #: scenario run, same protocol: (label, folder, folder of the default on the same run).
 FIGURE2_WHOLE_TITLE = 'COIL-100 clutter NIC, 383 batches, evaluated every 8'
 FIGURE2_WHOLE = [
+    ('blocks.4.2', 'coil100_clutter_cut_blocks_4_2_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.1', 'coil100_clutter_cut_blocks_5_1_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.3 (default)', 'coil100_clutter_upper_int8_run0', None),
     ('blocks.6.0', 'coil100_clutter_cut_blocks_6_0_run0', 'coil100_clutter_upper_int8_run0'),
