@@ -13,7 +13,9 @@ Methods (all on EfficientNet-Lite0 with ImageNet weights; the product's default 
   trained on all data seen either way).
 * ``native``: native rehearsal (benchmarks/peers/native_rehearsal.py), the whole network
   trained on replayed raw images; needs the images, very slow here, so only on
-  ``--native-batches`` first batches.
+  ``--native-batches`` first batches. ``--native-eval-every N`` evaluates it where
+  ``latent-replay-eval --eval-every N`` evaluates ours; with ``--time-budget`` it stops at
+  the first evaluation past the budget and keeps the curve so far (``partial``; no resume).
 * ``ncm``, ``slda``: streaming heads on the frozen pretrained pooled features (one pass).
 
 Accuracy is measured on the scenario's test list after the last batch (final) and at
@@ -240,8 +242,14 @@ def _restore_cumulative(strategy, stream, state):
     random.setstate(ast.literal_eval(state['python_rng']))
 
 
-def run_native(scen, batches_n, test_entries, points, threads, seed):
-    """Native rehearsal on raw images of the first ``batches_n`` batches."""
+def run_native(scen, batches_n, test_entries, points, threads, seed, deadline=None,
+               on_point=None):
+    """Native rehearsal on raw images of the first ``batches_n`` batches.
+
+    ``on_point(accs, learned, seconds)`` is called after every evaluation; with a
+    ``deadline`` (``time.monotonic()`` seconds) the run stops at the first evaluation past it.
+    Returns the accuracies, the seconds and the number of batches learned.
+    """
     from ros2_latent_replay.core import LearnerConfig
     from peers.native_rehearsal import NativeRehearsal
     nr = NativeRehearsal(LearnerConfig(threads=threads, seed=seed))
@@ -254,7 +262,11 @@ def run_native(scen, batches_n, test_entries, points, threads, seed):
         if i in points:
             pred = np.asarray(nr.predict_labels(test_frames))
             accs.append(float((pred == test_y).mean()))
-    return accs, time.perf_counter() - t0
+            if on_point is not None:
+                on_point(accs, i + 1, time.perf_counter() - t0)
+            if deadline is not None and time.monotonic() >= deadline and i < batches_n - 1:
+                return accs, time.perf_counter() - t0, i + 1
+    return accs, time.perf_counter() - t0, batches_n
 
 
 def run_stream_head(kind, data, batches, test, points, classes):
@@ -281,6 +293,10 @@ def main():
     parser.add_argument('--methods', default=','.join(ALL_METHODS))
     parser.add_argument('--max-batches', type=int, default=None)
     parser.add_argument('--native-batches', type=int, default=40)
+    parser.add_argument('--native-eval-every', type=int, default=0,
+                        help='evaluate native rehearsal after every N-th batch (and its last) '
+                             'instead of at --checkpoints points: the batches where '
+                             'latent-replay-eval --eval-every N evaluates ours')
     parser.add_argument('--cumulative-group', type=int, default=10)
     parser.add_argument('--checkpoints', type=int, default=10)
     parser.add_argument('--threads', type=int, default=2)
@@ -289,7 +305,9 @@ def main():
     parser.add_argument('--out', default=None)
     parser.add_argument('--time-budget', type=float, default=None,
                         help='seconds; av_cumulative stops after the experience that passes '
-                             'it and resumes from benchmarks/results/tmp/ when run again')
+                             'it and resumes from benchmarks/results/tmp/ when run again; '
+                             'native stops at the first evaluation past it and keeps the '
+                             'curve so far (marked partial; it does not resume)')
     parser.add_argument('--no-resume', action='store_true',
                         help='start av_cumulative afresh even where a saved state exists')
     parser.add_argument('--progress', action='store_true',
@@ -350,13 +368,36 @@ def main():
             elif method == 'native':
                 n_batches = min(args.native_batches, len(batches))
                 npoints = checkpoints_of(n_batches, args.checkpoints)
-                accs, sec = run_native(scen, n_batches, scen.test, npoints, args.threads, run)
+                if args.native_eval_every:
+                    npoints = set(range(args.native_eval_every - 1, n_batches,
+                                        args.native_eval_every)) | {n_batches - 1}
+                evaluated = sorted(npoints)
+
+                def keep(accs, learned, sec, key=key):   # a kill keeps the curve so far
+                    results.setdefault('native', {})[key] = {
+                        'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': list(accs),
+                        'eval_batches': [b + 1 for b in evaluated[:len(accs)]],
+                        'seconds': sec, 'batches': learned, 'partial': learned < n_batches,
+                        'load_average': list(os.getloadavg())}
+                    rec.write(out_name, results=results, summary=summarise(results),
+                              complete=False)
+
+                accs, sec, learned = run_native(scen, n_batches, scen.test, npoints,
+                                                args.threads, run, deadline=deadline,
+                                                on_point=keep)
+                if learned < n_batches:   # stopped by --time-budget after an evaluation
+                    stopped = True
+                    print(f'{args.scenario} run{run} native: stopped by the time budget '
+                          f'after {learned} of {n_batches} batches', flush=True)
+                    continue
             else:
                 accs, sec = run_stream_head(method, data, batches, test, points, classes)
                 n_batches = len(batches)
             entry = {'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': accs,
                      'seconds': sec, 'batches': n_batches,
                      'load_average': list(os.getloadavg())}
+            if method == 'native':
+                entry['eval_batches'] = [b + 1 for b in evaluated]
             results.setdefault(method, {})[key] = entry
             print(f'{args.scenario} run{run} {method}: final {accs[-1]:.4f} mean '
                   f'{np.mean(accs):.4f} ({sec:.0f} s, {n_batches} batches)', flush=True)

@@ -180,8 +180,10 @@ def _previous(out: Path, progress_file: Path, state_file: Path
         if batches:
             resume = {'name': progress['name'], 'source': progress['source'].get('name', ''),
                       'batches': batches}
-            print(f'resuming {resume["name"]} on {resume["source"]} after batch '
-                  f'{batches[-1]["batch"]}', file=sys.stderr)
+            # the last record may be one batch ahead of the saved state (a stop between
+            # the two): the run then learns that batch again
+            print(f'resuming {resume["name"]} on {resume["source"]}: batches up to '
+                  f'{batches[-1]["batch"]} recorded', file=sys.stderr)
     if runs:
         print(f'keeping {len(runs)} finished run(s) from {out / "results.json"}',
               file=sys.stderr)
