@@ -374,11 +374,10 @@ def main():
                 evaluated = sorted(npoints)
 
                 def keep(accs, learned, sec, key=key):   # a kill keeps the curve so far
-                    results.setdefault('native', {})[key] = {
-                        'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': list(accs),
-                        'eval_batches': [b + 1 for b in evaluated[:len(accs)]],
-                        'seconds': sec, 'batches': learned, 'partial': learned < n_batches,
-                        'load_average': list(os.getloadavg())}
+                    entry = method_entry(accs, sec, learned,
+                                         [b + 1 for b in evaluated[:len(accs)]])
+                    entry['partial'] = learned < n_batches
+                    results.setdefault('native', {})[key] = entry
                     rec.write(out_name, results=results, summary=summarise(results),
                               complete=False)
 
@@ -393,16 +392,22 @@ def main():
             else:
                 accs, sec = run_stream_head(method, data, batches, test, points, classes)
                 n_batches = len(batches)
-            entry = {'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': accs,
-                     'seconds': sec, 'batches': n_batches,
-                     'load_average': list(os.getloadavg())}
-            if method == 'native':
-                entry['eval_batches'] = [b + 1 for b in evaluated]
-            results.setdefault(method, {})[key] = entry
+            results.setdefault(method, {})[key] = method_entry(
+                accs, sec, n_batches,
+                [b + 1 for b in evaluated] if method == 'native' else None)
             print(f'{args.scenario} run{run} {method}: final {accs[-1]:.4f} mean '
                   f'{np.mean(accs):.4f} ({sec:.0f} s, {n_batches} batches)', flush=True)
             rec.write(out_name, results=results, summary=summarise(results))
     rec.write(out_name, results=results, summary=summarise(results), complete=not stopped)
+
+
+def method_entry(accs, sec, n_batches, eval_batches=None):
+    """One method's result on one run: accuracy curve, final/mean, time, machine load."""
+    entry = {'final': accs[-1], 'mean': float(np.mean(accs)), 'curve': list(accs),
+             'seconds': sec, 'batches': n_batches, 'load_average': list(os.getloadavg())}
+    if eval_batches is not None:
+        entry['eval_batches'] = eval_batches
+    return entry
 
 
 def write_progress(rec):

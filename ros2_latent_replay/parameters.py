@@ -71,6 +71,11 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                    'lr x lower_lr_multiplier', None, None, core_config.LOWER_MODES),
     'lower_lr_multiplier': ('slowed mode: learning-rate factor of the lower part', None,
                             (0.0, 1.0), None),
+    'lower_statistics': ('slowed mode: fixed = the lower part\'s Batch Renormalization '
+                         'statistics keep their pretrained values and only its weights '
+                         'train; drift = the statistics follow the new frames (the paper\'s '
+                         'code; worse with small episodes)', None, None,
+                         core_config.LOWER_STATISTICS),
     'lower_runtime': ('engine for the frozen lower part (auto = ONNX Runtime when available)',
                       None, None, core_config.LOWER_RUNTIMES),
     'lower_precision': ('number format of the frozen lower part: int8 = ONNX Runtime graph '

@@ -280,7 +280,7 @@ def test_state_without_a_precision_is_float32(tmp_path, views):
 
 
 def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):
-    cfg = _config(lower_mode='slowed', lower_lr_multiplier=0.1)
+    cfg = _config(lower_mode='slowed', lower_lr_multiplier=0.1, lower_statistics='drift')
     with ContinualLearner(cfg) as lrn:
         assert lrn.lower_backend == 'torch'
         before = {k: v.clone() for k, v in lrn.state_dict()['lower'].items()}
@@ -299,6 +299,25 @@ def test_slowed_lower_part_trains_slowly_and_round_trips(tmp_path, views):
     with ContinualLearner(cfg) as other:
         other.load(path)
         assert other.predict(probe) == expected
+
+
+def test_slowed_lower_part_by_default_trains_only_its_weights(views):
+    """``lower_mode: slowed`` alone: lower weights move, its BRN running statistics do not."""
+    cfg = _config(lower_mode='slowed')
+    with ContinualLearner(cfg) as lrn:
+        before = {k: v.clone() for k, v in lrn.state_dict()['lower'].items()}
+        _teach(lrn, views)
+        after = lrn.state_dict()['lower']
+        moved = {k for k, v in after.items() if v.is_floating_point()
+                 and not torch.equal(v, before[k])}
+        assert any(k.endswith('weight') for k in moved)
+        statistics = [k for k in after if k.endswith(('running_mean', 'running_var'))]
+        assert statistics and not moved.intersection(statistics)
+        assert _accuracy(lrn, views) >= 0.6
+    with pytest.raises(ConfigError, match='changes nothing in the lower part'):
+        _config(lower_mode='slowed', lower_lr_multiplier=0.0, lower_statistics='fixed')
+    with pytest.raises(ConfigError, match='lower_statistics'):
+        _config(lower_statistics='frozen')
 
 
 def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path, views):

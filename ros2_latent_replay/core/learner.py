@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .backbones import build_backbone
-from .batch_renorm import convert_batchnorm_to_brn, set_brn_schedule
+from .batch_renorm import brn_layers, convert_batchnorm_to_brn, set_brn_schedule
 from .class_registry import ClassRegistry, normalize_label
 from .config import LearnerConfig
 from .cwr_head import CWRHead
@@ -494,6 +494,9 @@ class ContinualLearner:
             work.body.eval()
         if lower is not None:
             lower.train()
+            if cfg.lower_statistics == 'fixed':   # weights train, normalisation stays put
+                for layer in brn_layers(lower):
+                    layer.eval()
         epoch0_latents = new_latents.clone()
         total_loss, total_correct, total_seen = 0.0, 0, 0
         for epoch in range(cfg.epochs):
