@@ -13,8 +13,10 @@ real frames (memory filled to 1,500 latents). For each: ``predict(frame)`` on si
 ``learn()`` runs a 300-frame episode (4 epochs, 1,500 replayed) in a background thread,
 as the node does, then idle again. Latencies are per call (preprocessing + lower part +
 upper part + softmax); "network alone" times the two ONNX Runtime sessions on
-pre-normalised frames, nothing else. Threads: torch and ONNX Runtime intra-op threads set
-explicitly (``--threads``).
+pre-normalised frames, nothing else. ``--backends`` may add ``slowed``: a learner with
+``lower_mode='slowed'`` and its other settings at their defaults (its lower part trains, so
+it runs in eager float32 PyTorch; the upper part in int8 ONNX Runtime). Threads: torch and
+ONNX Runtime intra-op threads set explicitly (``--threads``).
 """
 
 import argparse
@@ -27,12 +29,16 @@ import numpy as np
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import fill_memory, observe_grouped
 
-BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper']   # order fixes each one's frames
+BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed']   # order fixes frames
 
 
 def build_learner(backend, threads, frames, labels):
     """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
+    if backend == 'slowed':   # lower_mode slowed: eager float32 lower part, int8 upper part
+        learner = ContinualLearner(LearnerConfig(threads=threads, lower_mode='slowed'))
+        fill_memory(learner, frames, labels)
+        return learner
     int8 = backend in ('int8', 'int8_upper')
     learner = ContinualLearner(LearnerConfig(
         threads=threads,
@@ -175,7 +181,8 @@ def main():
     parser.add_argument('--backends', default='onnxruntime,int8,int8_upper,torch',
                         help='comma-separated: onnxruntime (float32), int8 (int8 lower part, '
                              'float32 upper part), int8_upper (int8 lower and upper parts: '
-                             'the default), torch')
+                             'the default), torch, slowed (lower_mode slowed, its other '
+                             'settings at their defaults)')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -226,14 +233,22 @@ def main():
     for backend, learner in learners.items():
         results[backend]['idle_after_ms'] = ms(idle_after[backend])
         learner.close()
+    ratios = {}
+    if 'int8_upper' in results and 'slowed' in results:
+        ratios['slowed_over_default_idle_p50'] = results['slowed']['idle_ms']['p50'] \
+            / results['int8_upper']['idle_ms']['p50']
+        ratios['slowed_over_default_learn_seconds'] = \
+            float(np.mean(results['slowed']['learn_seconds_with_predictions'])) \
+            / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
     if 'onnxruntime' not in results or 'torch' not in results:
-        rec.write(args.out or 'predict_latency.json', partial=False, results=results)
+        rec.write(args.out or 'predict_latency.json', partial=False, results=results,
+                  **ratios)
         return
     ort = results['onnxruntime']
     floors = {'ort idle p50 <= 2 ms': ort['idle_ms']['p50'] <= 2.0,
               'ort during-learn p50 <= 3x idle p50': (ort['slowdown_p50'] or 99) <= 3.0}
-    ratios = {'eager_over_ort_idle_p50': results['torch']['idle_ms']['p50']
-              / ort['idle_ms']['p50']}
+    ratios['eager_over_ort_idle_p50'] = results['torch']['idle_ms']['p50'] \
+        / ort['idle_ms']['p50']
     if 'int8' in results:
         int8 = results['int8']
         floors['int8 lower part idle p50 <= 2 ms'] = int8['idle_ms']['p50'] <= 2.0

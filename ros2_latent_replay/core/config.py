@@ -57,6 +57,10 @@ class LearnerConfig:
     episodes) put it 4-17 points behind a frozen lower part at every evaluation of the
     first 96 batches of the COIL-100 clutter stream (run 0: 41.5% vs 45.8% after batch 96,
     22.6% vs 39.7% after batch 64), where fixed statistics gave 47.4% after batch 96.
+    With fixed statistics the whole clutter stream ends well above the frozen default
+    (run 0: 88.6% vs 80.8%), but the lower part then predicts in eager float32 PyTorch
+    (~6x the default's latency per frame) and a 300-frame episode learns ~4x slower, so
+    ``frozen`` stays the default (benchmarks/README.md).
     """
 
     backbone: str = 'efficientnet_lite0'
