@@ -565,14 +565,15 @@ def layer_table_whole_stream(plt, parts):
                     f'default ({DEFAULT_CUT}) on the same run and batches, final / mean %',
                     'train s / batch, memory full (median)', 'train s, all batches',
                     'source'], rows))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for label, curve in curves.values():
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, (label, curve) in enumerate(curves.values()):   # tab20: a colour per curve
         ax.plot([b + 1 for b in curve], list(curve.values()), label=label,
-                lw=2 if 'default' in label else 1, ls='--' if 'run0' not in label else '-')
+                color=plt.cm.tab20(i % 20), lw=2 if 'default' in label else 1,
+                ls='--' if 'run0' not in label else '-')
     ax.set_xlabel('batches learned')
     ax.set_ylabel('test accuracy %')
     ax.set_title(f'EfficientNet-Lite0 cuts, {FIGURE2_WHOLE_TITLE}', fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(RESULTS / 'layer_table_whole_stream.png', dpi=110)
     plt.close(fig)
