@@ -36,16 +36,16 @@ def build_learner(backend, threads, frames, labels):
     """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     if backend == 'slowed':   # lower_mode slowed: eager float32 lower part, int8 upper part
-        learner = ContinualLearner(LearnerConfig(threads=threads, lower_mode='slowed'))
-        fill_memory(learner, frames, labels)
-        return learner
-    int8 = backend in ('int8', 'int8_upper')
-    learner = ContinualLearner(LearnerConfig(
-        threads=threads,
-        lower_runtime='onnxruntime' if int8 else backend,
-        lower_precision='int8' if int8 else 'float32',
-        upper_runtime='torch' if backend == 'torch' else 'auto',
-        upper_precision='int8' if backend == 'int8_upper' else 'float32'))
+        config = LearnerConfig(threads=threads, lower_mode='slowed')
+    else:
+        int8 = backend in ('int8', 'int8_upper')
+        config = LearnerConfig(
+            threads=threads,
+            lower_runtime='onnxruntime' if int8 else backend,
+            lower_precision='int8' if int8 else 'float32',
+            upper_runtime='torch' if backend == 'torch' else 'auto',
+            upper_precision='int8' if backend == 'int8_upper' else 'float32')
+    learner = ContinualLearner(config)
     fill_memory(learner, frames, labels)
     return learner
 

@@ -390,7 +390,7 @@ def native_further(plt, parts):
     for run, nat in sorted(runs.items()):
         ours = _accuracy_curve(eval_batches(f'coil100_clutter_upper_int8_{run}')[1] or [])
         pairs = [(b, 100 * a, ours[b - 1]) for b, a in zip(nat['eval_batches'], nat['curve'])
-                 if ours.get(b - 1) is not None]
+                 if b - 1 in ours]
         for b, native, mine in pairs:
             rows.append([run, b, f'{native:.1f}', f'{mine:.1f}', f'{mine - native:+.1f}',
                          'met' if mine >= native - 2 else 'MISSED'])
@@ -412,7 +412,7 @@ def native_further(plt, parts):
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for k, (run, nat, ours) in enumerate(curves):
         last = max(nat['eval_batches'])
-        xs = [b + 1 for b in sorted(ours) if ours[b] is not None and b < last]
+        xs = [b + 1 for b in sorted(ours) if b < last]
         ax.plot(xs, [ours[x - 1] for x in xs], '-', color=f'C{k}', label=f'ours, {run}')
         ax.plot(nat['eval_batches'], [100 * a for a in nat['curve']], 'o--', color=f'C{k}',
                 markersize=3, label=f'native rehearsal, {run}')
