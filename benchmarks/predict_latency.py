@@ -14,8 +14,10 @@ real frames (memory filled to 1,500 latents). For each: ``predict(frame)`` on si
 as the node does, then idle again. Latencies are per call (preprocessing + lower part +
 upper part + softmax); "network alone" times the two ONNX Runtime sessions on
 pre-normalised frames, nothing else. ``--backends`` may add ``slowed``: a learner with
-``lower_mode='slowed'`` and its other settings at their defaults (its lower part trains, so
-it runs in eager float32 PyTorch; the upper part in int8 ONNX Runtime). Threads: torch and
+``lower_mode='slowed'`` and its other settings at their defaults (its lower part trains in
+eager PyTorch and predicts from a float32 ONNX Runtime graph rebuilt after every step; the
+upper part in int8 ONNX Runtime), and ``slowed_torch``: the same with
+``lower_runtime='torch'`` (eager float32 lower part, as before 2026-12-07). Threads: torch and
 ONNX Runtime intra-op threads set explicitly (``--threads``).
 """
 
@@ -29,14 +31,16 @@ import numpy as np
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import fill_memory, observe_grouped
 
-BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed']   # order fixes frames
+# the order fixes each backend's teaching frames
+BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed', 'slowed_torch']
 
 
 def build_learner(backend, threads, frames, labels):
     """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
-    if backend == 'slowed':   # lower_mode slowed: eager float32 lower part, int8 upper part
-        config = LearnerConfig(threads=threads, lower_mode='slowed')
+    if backend.startswith('slowed'):   # lower_mode slowed, int8 upper part
+        config = LearnerConfig(threads=threads, lower_mode='slowed',
+                               lower_runtime='torch' if backend == 'slowed_torch' else 'auto')
     else:
         int8 = backend in ('int8', 'int8_upper')
         config = LearnerConfig(
@@ -117,7 +121,8 @@ def measure_network_alone(learner, frames, count, warmup=10, start=0):
     figure itself says how fast the host is today. ``None`` when a part is not in ONNX
     Runtime.
     """
-    lower, upper = learner._runtime, learner._upper_runtime   # a benchmark may peek
+    lower = learner._runtime or learner._lower_serving   # a benchmark may peek
+    upper = learner._upper_runtime
     if lower is None or lower.backend != 'onnxruntime' or upper is None:
         return None
     from ros2_latent_replay.core.preprocessing import frames_to_tensor
@@ -182,7 +187,8 @@ def main():
                         help='comma-separated: onnxruntime (float32), int8 (int8 lower part, '
                              'float32 upper part), int8_upper (int8 lower and upper parts: '
                              'the default), torch, slowed (lower_mode slowed, its other '
-                             'settings at their defaults)')
+                             'settings at their defaults), slowed_torch (the same with '
+                             'lower_runtime torch)')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -240,6 +246,9 @@ def main():
         ratios['slowed_over_default_learn_seconds'] = \
             float(np.mean(results['slowed']['learn_seconds_with_predictions'])) \
             / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
+    if 'slowed' in results and 'slowed_torch' in results:
+        ratios['slowed_eager_over_ort_idle_p50'] = \
+            results['slowed_torch']['idle_ms']['p50'] / results['slowed']['idle_ms']['p50']
     if 'onnxruntime' not in results or 'torch' not in results:
         rec.write(args.out or 'predict_latency.json', partial=False, results=results,
                   **ratios)

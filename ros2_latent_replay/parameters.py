@@ -76,7 +76,9 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                          'train; drift = the statistics follow the new frames (the paper\'s '
                          'code; worse with small episodes)', None, None,
                          core_config.LOWER_STATISTICS),
-    'lower_runtime': ('engine for the frozen lower part (auto = ONNX Runtime when available)',
+    'lower_runtime': ('engine for the lower part\'s latents and predictions (auto = ONNX '
+                      'Runtime when available; a slowed lower part gets a new graph after '
+                      'every learn)',
                       None, None, core_config.LOWER_RUNTIMES),
     'lower_precision': ('number format of the frozen lower part: int8 = ONNX Runtime graph '
                         'quantized at start-up (about 1.8x faster per frame on CPUs with '

@@ -157,6 +157,21 @@ def test_cache_is_reused_and_keyed_by_weights(lower, tmp_path):
     assert len(os.listdir(tmp_path)) == 2
 
 
+def test_uncached_runtime_exports_every_time_and_writes_nothing(lower, tmp_path):
+    """``cache=False`` (a lower part that trains): a checked graph, no file, no cache read."""
+    cached = FrozenLowerRuntime(lower, SIZE, prefer='onnxruntime', cache_dir=str(tmp_path))
+    files = sorted(os.listdir(tmp_path))
+    fresh = FrozenLowerRuntime(lower, SIZE, prefer='onnxruntime', cache_dir=str(tmp_path),
+                               cache=False)
+    assert fresh.backend == 'onnxruntime' and not fresh.from_cache
+    assert fresh.onnx_path is None and fresh.export_seconds is not None
+    assert sorted(os.listdir(tmp_path)) == files
+    x = _images(3)
+    assert torch.equal(fresh(x), cached(x))
+    with pytest.raises(ConfigError, match='always cached'):
+        FrozenLowerRuntime(lower, SIZE, precision='int8', cache=False)
+
+
 def test_corrupt_cache_file_is_replaced(lower, tmp_path):
     """An unusable cached file is exported again."""
     first = FrozenLowerRuntime(lower, SIZE, cache_dir=str(tmp_path))

@@ -320,6 +320,31 @@ def test_slowed_lower_part_by_default_trains_only_its_weights(views):
         _config(lower_statistics='frozen')
 
 
+def test_slowed_lower_part_serves_from_a_graph_of_its_current_weights(views):
+    """A lower part that trains gets a fresh ONNX Runtime graph after each step and reset."""
+    frames = views['coffee'][1]
+    # a large learning rate for the lower part, so that its latents visibly move
+    moving = dict(lower_mode='slowed', lower_lr_multiplier=1.0, lr_initial=1e-2,
+                  lr_incremental=1e-2)
+    with ContinualLearner(_config(lower_runtime='auto', **moving)) as fast, \
+            ContinualLearner(_config(**moving)) as eager:
+        assert (fast.lower_backend, eager.lower_backend) == ('onnxruntime', 'torch')
+        pretrained = fast.encode(frames)
+        _teach(fast, views, OBJECTS[:2])
+        assert fast.lower_backend == 'onnxruntime'
+        eager.load_state_dict(fast.state_dict())
+        expected, served = eager.encode(frames), fast.encode(frames)
+        scale = float(expected.abs().max())
+        assert float((served - expected).abs().max()) <= 2e-5 * scale     # 1e-6 measured
+        assert float((pretrained - expected).abs().max()) > 1e-3 * scale   # weights moved
+        assert [p['label'] for p in fast.predict(frames)] == \
+            [p['label'] for p in eager.predict(frames)]
+        fast.reset()
+        assert fast.lower_backend == 'onnxruntime'
+        again = fast.encode(frames)
+        assert float((again - pretrained).abs().max()) <= 2e-5 * scale
+
+
 def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path, views):
     """After each learn the new upper part serves predictions from ONNX Runtime."""
     state = tmp_path / 'state.pt'

@@ -58,9 +58,10 @@ class LearnerConfig:
     first 96 batches of the COIL-100 clutter stream (run 0: 41.5% vs 45.8% after batch 96,
     22.6% vs 39.7% after batch 64), where fixed statistics gave 47.4% after batch 96.
     With fixed statistics the whole clutter stream ends well above the frozen default
-    (run 0: 88.6% vs 80.8%), but the lower part then predicts in eager float32 PyTorch
-    (~6x the default's latency per frame) and a 300-frame episode learns ~4x slower, so
-    ``frozen`` stays the default (benchmarks/README.md).
+    (run 0: 88.6% vs 80.8%), but the lower part then predicts from a float32 graph rebuilt
+    after every step (ONNX Runtime; eager PyTorch with ``lower_runtime='torch'``), several
+    times the default's int8 latency per frame, and a 300-frame episode learns ~4x slower,
+    so ``frozen`` stays the default (benchmarks/README.md).
     """
 
     backbone: str = 'efficientnet_lite0'
@@ -72,7 +73,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.1   # 'slowed' only: lr of the lower part = lr * this
     lower_statistics: str = 'fixed'    # 'slowed' only: lower BRN statistics fixed or drifting
-    lower_runtime: str = 'auto'    # frozen lower part: ONNX Runtime when available
+    lower_runtime: str = 'auto'    # lower part's predictions: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     upper_precision: str = 'auto'  # that graph's convolutions in int8 when it can (below)

@@ -198,7 +198,8 @@ class FrozenLowerRuntime:
     Exported graphs are cached as ``frozen_lower-<key>.onnx`` in ``cache_dir`` (default
     :func:`default_cache_dir`), keyed by :func:`lower_cache_key`; the TorchScript exporter
     is tried first (about 0.3 s for EfficientNet-Lite0) and the torch.export-based one
-    second (several seconds).
+    second (several seconds). ``cache=False`` exports every time and writes nothing: for
+    a lower part that trains (``lower_mode: slowed``), whose weights change at every step.
 
     ``precision='int8'`` runs the graph quantized by
     :func:`~.lower_quantization.quantize_lower` (calibrated with ``mean`` / ``std``, the
@@ -217,7 +218,7 @@ class FrozenLowerRuntime:
     def __init__(self, lower: nn.Module, input_size: int, prefer: str = 'auto',
                  threads: int = 0, cache_dir: Optional[str] = None,
                  precision: str = 'float32', mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5)):
+                 std: Sequence[float] = (0.5, 0.5, 0.5), cache: bool = True):
         """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch."""
         if prefer not in _PREFERENCES:
             raise ConfigError(f'unknown lower runtime {prefer!r}; valid: '
@@ -232,6 +233,8 @@ class FrozenLowerRuntime:
             raise ConfigError(f'input_size must be a positive integer, got {input_size!r}')
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f'threads must be an integer >= 0, got {threads!r}')
+        if precision == 'int8' and not cache:
+            raise ConfigError('an int8 lower part is always cached (quantizing takes ~12 s)')
         self.input_size = input_size
         self.threads = threads
         self.precision = precision
@@ -239,6 +242,7 @@ class FrozenLowerRuntime:
         self._std = tuple(float(v) for v in std)
         self.min_cosine: Optional[float] = None   # int8: measured when the graph is checked
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        self.cache = bool(cache)
         self.onnx_path: Optional[str] = None      # cached graph file, when ORT is used
         self.from_cache = False                   # True when the graph came from the cache
         self.export_seconds: Optional[float] = None   # time of an export done here
@@ -268,9 +272,11 @@ class FrozenLowerRuntime:
             self._module = self._module.to(memory_format=torch.channels_last)
         else:
             self._module = None     # the ONNX graph holds its own copy of the weights
-        _LOG.info('frozen lower part runs on %s%s%s', self.backend,
-                  ' in int8' if precision == 'int8' else '',
-                  f' ({self.onnx_path}, from cache)' if self.from_cache else '')
+        # a lower part that trains gets a runtime at every step: log that at debug level
+        _LOG.log(logging.INFO if self.cache else logging.DEBUG,
+                 'frozen lower part runs on %s%s%s', self.backend,
+                 ' in int8' if precision == 'int8' else '',
+                 f' ({self.onnx_path}, from cache)' if self.from_cache else '')
 
     # ------------------------------------------------------------------ ONNX Runtime
 
@@ -278,6 +284,10 @@ class FrozenLowerRuntime:
         import onnxruntime  # noqa: F401  (fail early and clearly when it is missing)
 
         cpu_module = copy.deepcopy(self._module).cpu()
+        if not self.cache:
+            session = open_session(self._export(cpu_module), self.threads)
+            self._check_and_keep(session, cpu_module)
+            return
         key = lower_cache_key(cpu_module, self.input_size)
         if self.precision == 'int8':
             key = hashlib.sha256(f'{key}|{QUANTIZATION_VERSION}|{self._mean}|{self._std}'
@@ -327,8 +337,9 @@ class FrozenLowerRuntime:
     def _export(self, cpu_module: nn.Module) -> bytes:
         example = torch.zeros(2, 3, self.input_size, self.input_size)
         data, self.export_seconds, exporter = export_onnx(cpu_module, example)
-        _LOG.info('exported the frozen lower part to ONNX in %.2f s (%s)',
-                  self.export_seconds, exporter)
+        _LOG.log(logging.INFO if self.cache else logging.DEBUG,
+                 'exported the frozen lower part to ONNX in %.2f s (%s)',
+                 self.export_seconds, exporter)
         return data
 
     def _check_and_keep(self, session: Any, cpu_module: nn.Module) -> None:
