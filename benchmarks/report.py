@@ -558,8 +558,9 @@ def layer_table_whole_stream(plt, parts):
             _same_stretch(default, last) if default else '-',
             fmt(float(np.median(full)), 2) if full else '-',
             fmt(sum(b['train_seconds'] for b in batches), 0), f'docs/results/{folder}'])
-        if 'reference' not in label and folder not in FIGURE2_WHOLE_NOT_PLOTTED:
-            curves[folder] = (f"{label}, {name.rsplit('/', 1)[-1]}", curve)
+        if 'reference' in label or folder in FIGURE2_WHOLE_NOT_PLOTTED:
+            continue
+        curves[folder] = (f"{label}, {name.rsplit('/', 1)[-1]}", curve)
         if default and default not in curves:   # the default's curve on every run shown
             run, batches_default, _ = eval_batches(default)
             if batches_default:
