@@ -59,9 +59,9 @@ class LearnerConfig:
     22.6% vs 39.7% after batch 64), where fixed statistics gave 47.4% after batch 96.
     With fixed statistics the whole clutter stream ends well above the frozen default
     (run 0: 88.6% vs 80.8%), but the lower part then predicts from a float32 graph rebuilt
-    after every step (ONNX Runtime; eager PyTorch with ``lower_runtime='torch'``), several
-    times the default's int8 latency per frame, and a 300-frame episode learns ~4x slower,
-    so ``frozen`` stays the default (benchmarks/README.md).
+    after every step (ONNX Runtime; eager PyTorch with ``lower_runtime='torch'``), ~1.9x
+    the default's int8 latency per frame (3.7 vs 1.95 ms p50), and a 300-frame episode
+    learns ~3.7x slower, so ``frozen`` stays the default (benchmarks/README.md).
     """
 
     backbone: str = 'efficientnet_lite0'
