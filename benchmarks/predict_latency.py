@@ -17,7 +17,10 @@ pre-normalised frames, nothing else. ``--backends`` may add ``slowed``: a learne
 ``lower_mode='slowed'`` and its other settings at their defaults (its lower part trains in
 eager PyTorch and predicts from a float32 ONNX Runtime graph rebuilt after every step; the
 upper part in int8 ONNX Runtime), and ``slowed_torch``: the same with
-``lower_runtime='torch'`` (eager float32 lower part, as before 2026-12-07). Threads: torch and
+``lower_runtime='torch'`` (eager float32 lower part, as before 2026-12-07), and
+``slowed_after_blocks.3.2`` / ``slowed_after_blocks.4.2``: ``slowed`` with
+``lower_frozen_until`` set to that layer (the layers up to it frozen, in int8 ONNX Runtime;
+the trained layers after it in a float32 graph rebuilt after every step). Threads: torch and
 ONNX Runtime intra-op threads set explicitly (``--threads``).
 """
 
@@ -31,15 +34,16 @@ import numpy as np
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import fill_memory, observe_grouped
 
-# the order fixes each backend's teaching frames
-BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed', 'slowed_torch']
+BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed', 'slowed_torch',
+            'slowed_after_blocks.3.2', 'slowed_after_blocks.4.2']
 
 
 def build_learner(backend, threads, frames, labels):
     """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     if backend.startswith('slowed'):   # lower_mode slowed, int8 upper part
-        config = LearnerConfig(threads=threads, lower_mode='slowed',
+        split = backend.split('_after_')[1] if '_after_' in backend else ''
+        config = LearnerConfig(threads=threads, lower_mode='slowed', lower_frozen_until=split,
                                lower_runtime='torch' if backend == 'slowed_torch' else 'auto')
     else:
         int8 = backend in ('int8', 'int8_upper')
@@ -114,7 +118,8 @@ def measure_parts(learner, frames, count):
 def measure_network_alone(learner, frames, count, warmup=10, start=0):
     """Latency of the ONNX Runtime sessions alone, for the same frames as ``measure_idle``.
 
-    Frames are normalised beforehand; each call runs the lower part's session and the
+    Frames are normalised beforehand; each call runs the lower part's session (two with
+    ``lower_frozen_until``: the frozen layers', then the trained layers') and the
     upper part's session back to back on one frame, nothing else. This is the floor a
     ``predict()`` call cannot go under on this machine at this moment, so the difference
     says what the rest of the call (checks, preprocessing, softmax, top-k) costs, and the
@@ -123,21 +128,23 @@ def measure_network_alone(learner, frames, count, warmup=10, start=0):
     """
     lower = learner._runtime or learner._lower_serving   # a benchmark may peek
     upper = learner._upper_runtime
-    if lower is None or lower.backend != 'onnxruntime' or upper is None:
+    frozen = learner._frozen_runtime     # the frozen layers below lower_frozen_until
+    if lower is None or lower.backend != 'onnxruntime' or upper is None \
+            or (frozen is not None and frozen.backend != 'onnxruntime'):
         return None
     from ros2_latent_replay.core.preprocessing import frames_to_tensor
     backbone = learner._backbone
     size = learner.config.input_size
     inputs = [frames_to_tensor(f[None], size, backbone.mean, backbone.std).numpy()
               for f in frames]
-    low, up = lower._session, upper._session
-    low_in, low_out = low.get_inputs()[0].name, low.get_outputs()[0].name
-    up_in, up_out = up.get_inputs()[0].name, up.get_outputs()[0].name
+    sessions = [part._session for part in (frozen, lower, upper) if part is not None]
+    names = [(ses.get_inputs()[0].name, ses.get_outputs()[0].name) for ses in sessions]
     out = []
     for i in range(count + warmup):
         t0 = time.perf_counter()
-        latent = low.run([low_out], {low_in: inputs[(start + i) % len(inputs)]})[0]
-        up.run([up_out], {up_in: latent})
+        value = inputs[(start + i) % len(inputs)]
+        for session, (name_in, name_out) in zip(sessions, names):
+            value = session.run([name_out], {name_in: value})[0]
         if i >= warmup:
             out.append(time.perf_counter() - t0)
     return out
@@ -188,7 +195,8 @@ def main():
                              'float32 upper part), int8_upper (int8 lower and upper parts: '
                              'the default), torch, slowed (lower_mode slowed, its other '
                              'settings at their defaults), slowed_torch (the same with '
-                             'lower_runtime torch)')
+                             'lower_runtime torch), slowed_after_blocks.3.2 and '
+                             'slowed_after_blocks.4.2 (slowed with lower_frozen_until)')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -199,10 +207,14 @@ def main():
                                        'threads_onnxruntime': args.threads,
                                        'calls_idle': calls, 'learn_rounds': learn_rounds,
                                        'batch': 1, 'input_size': 128})
-    frames, labels = load_frames('clutter', 0,
-                                 count=1500 + 300 * (len(BACKENDS) * learn_rounds))
-    test, _ = load_frames('clutter', 0, count=200, test=True)
     backends = args.backends.split(',')
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f'unknown backends {unknown}; valid: {", ".join(BACKENDS)}')
+    # each backend learns its own 300-frame episodes, after the 1,500 frames all are taught
+    frames, labels = load_frames('clutter', 0,
+                                 count=1500 + 300 * (len(backends) * learn_rounds))
+    test, _ = load_frames('clutter', 0, count=200, test=True)
     learners = {backend: build_learner(backend, args.threads, frames, labels)
                 for backend in backends}
     # idle figures: the backends take turns in blocks of 50 calls, so a host that speeds up
@@ -214,7 +226,7 @@ def main():
     for backend, learner in learners.items():
         parts = measure_parts(learner, test, calls)
         busy, learn_s = [], []
-        base = 1500 + 300 * learn_rounds * BACKENDS.index(backend)
+        base = 1500 + 300 * learn_rounds * backends.index(backend)
         for r in range(learn_rounds):
             s, e = base + 300 * r, base + 300 * (r + 1)
             lat, sec = measure_during_learn(learner, test, frames[s:e], labels[s:e])
@@ -246,6 +258,14 @@ def main():
         ratios['slowed_over_default_learn_seconds'] = \
             float(np.mean(results['slowed']['learn_seconds_with_predictions'])) \
             / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
+    for backend in results:
+        if backend.startswith('slowed_after_') and 'int8_upper' in results:
+            key = backend[len('slowed_'):].replace('.', '_')
+            ratios[f'slowed_{key}_over_default_idle_p50'] = \
+                results[backend]['idle_ms']['p50'] / results['int8_upper']['idle_ms']['p50']
+            ratios[f'slowed_{key}_over_default_learn_seconds'] = \
+                float(np.mean(results[backend]['learn_seconds_with_predictions'])) \
+                / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
     if 'slowed' in results and 'slowed_torch' in results:
         ratios['slowed_eager_over_ort_idle_p50'] = \
             results['slowed_torch']['idle_ms']['p50'] / results['slowed']['idle_ms']['p50']

@@ -76,6 +76,10 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                          'train; drift = the statistics follow the new frames (the paper\'s '
                          'code; worse with small episodes)', None, None,
                          core_config.LOWER_STATISTICS),
+    'lower_frozen_until': ('slowed mode: layers up to and including this one (a latent_layer '
+                           "name below the cut, e.g. blocks.3.2) stay frozen and run like a "
+                           "frozen lower part; only the layers after it train; '' = the whole "
+                           'lower part trains', None, None, None),
     'lower_runtime': ('engine for the lower part\'s latents and predictions (auto = ONNX '
                       'Runtime when available; a slowed lower part gets a new graph after '
                       'every learn)',

@@ -14,7 +14,7 @@ from timm.layers import BatchNormAct2d
 from torch import nn
 
 from ros2_latent_replay.core.backbones import (
-    SplitBackbone, build_backbone, default_cut, list_backbones, list_cuts)
+    SplitBackbone, build_backbone, default_cut, list_backbones, list_cuts, split_lower)
 from ros2_latent_replay.core.errors import ConfigError
 from ros2_latent_replay.core.mobilenet_v1 import MobileNetV1
 
@@ -110,6 +110,31 @@ def test_split_equals_unsplit_timm_model(cut):
     assert torch.equal(latent, expected_latent)
     assert torch.equal(features, expected_features)
     assert torch.equal(logits, expected_logits)
+
+
+@pytest.mark.parametrize('name, until', [('efficientnet_lite0', 'bn1'),
+                                         ('efficientnet_lite0', 'blocks.3.2'),
+                                         ('efficientnet_lite0', 'blocks.5.2'),
+                                         ('mobilenet_v2', 'features.7'),
+                                         ('mobilenet_v1', 'conv3_1/sep')])
+def test_lower_part_split_after_a_layer_runs_the_same_network(name, until):
+    """Both pieces of a split lower part share its modules and compose to it exactly."""
+    backbone = build_backbone(name, random_init=name != 'efficientnet_lite0')
+    first, second = split_lower(backbone.lower, backbone.lower_stages, until)
+    # the first piece ends at `until`: it is the lower part of a backbone cut there
+    alone = build_backbone(name, cut=until, random_init=name != 'efficientnet_lite0')
+    assert [n for n, _ in first.named_parameters()] == \
+        [n for n, _ in alone.lower.named_parameters()]
+    x = _images(128, backbone.mean, backbone.std)
+    with torch.no_grad():
+        assert torch.equal(second(first(x)), backbone.lower(x))
+    owned = {id(p) for p in backbone.lower.parameters()}
+    pieces = list(first.parameters()) + list(second.parameters())
+    assert len(pieces) == len(owned) and {id(p) for p in pieces} == owned
+    with pytest.raises(ConfigError, match='cannot split the lower part after'):
+        split_lower(backbone.lower, backbone.lower_stages, backbone.cut)
+    with pytest.raises(ConfigError, match='cannot split the lower part after'):
+        split_lower(backbone.lower, backbone.lower_stages, 'pool')
 
 
 def test_every_lite0_cut_has_the_right_latent_shape():

@@ -345,6 +345,76 @@ def test_slowed_lower_part_serves_from_a_graph_of_its_current_weights(views):
         assert float((again - pretrained).abs().max()) <= 2e-5 * scale
 
 
+def test_split_slowed_lower_part_trains_only_the_layers_after_the_split(views):
+    """``lower_frozen_until``: the layers up to it never change, the ones after it train."""
+    frames = views['coffee'][1]
+    moving = dict(lower_mode='slowed', lower_frozen_until='blocks.3.2', lower_lr_multiplier=1.0,
+                  lr_initial=1e-2, lr_incremental=1e-2, lower_precision='float32')
+    with ContinualLearner(_config()) as frozen, \
+            ContinualLearner(_config(lower_runtime='auto', **moving)) as fast, \
+            ContinualLearner(_config(**moving)) as eager:
+        assert fast.lower_backend == 'onnxruntime' and eager.lower_backend == 'torch'
+        pretrained = frozen.encode(frames)
+        scale = float(pretrained.abs().max())
+        # before any training, the split network is the frozen one
+        assert float((eager.encode(frames) - pretrained).abs().max()) <= 1e-5 * scale
+        assert float((fast.encode(frames) - pretrained).abs().max()) <= 2e-5 * scale
+        before = {k: v.clone() for k, v in fast.state_dict()['lower'].items()}
+        _teach(fast, views, OBJECTS[:2])
+        after = fast.state_dict()['lower']
+        moved = {k for k, v in after.items() if v.is_floating_point()
+                 and not torch.equal(v, before[k])}
+        assert any(k.endswith('weight') for k in moved)
+        assert all(k.startswith(('blocks.4.', 'blocks.5.')) for k in moved), sorted(moved)[:5]
+        # the served graph follows the trained layers: an eager learner agrees with it
+        eager.load_state_dict(fast.state_dict())
+        expected, served = eager.encode(frames), fast.encode(frames)
+        assert float((served - expected).abs().max()) <= 2e-5 * scale
+        assert float((pretrained - expected).abs().max()) > 1e-3 * scale   # weights moved
+        assert [p['label'] for p in fast.predict(frames)] == \
+            [p['label'] for p in eager.predict(frames)]
+        fast.reset()
+        assert float((fast.encode(frames) - pretrained).abs().max()) <= 2e-5 * scale
+
+
+def test_split_slowed_lower_part_runs_its_frozen_layers_in_int8_and_round_trips(
+        tmp_path, views):
+    """By default the frozen layers of a split lower part run int8, like a frozen one."""
+    cfg = _config(lower_mode='slowed', lower_frozen_until='blocks.4.2', lower_runtime='auto')
+    path = str(tmp_path / 'split.pt')
+    probe = views['rocket'][1]
+    with ContinualLearner(cfg) as lrn:
+        assert lrn.lower_precision == 'int8' and lrn.lower_backend == 'onnxruntime'
+        stats = _teach(lrn, views)
+        assert stats[-1]['replay_fill'] > 0
+        assert _accuracy(lrn, views) >= 0.6
+        lrn.save(path)
+        expected = lrn.predict(probe)
+    with ContinualLearner(cfg) as other:
+        other.load(path)
+        assert other.predict(probe) == expected
+    for different in (dict(lower_frozen_until='blocks.3.2'), dict(lower_frozen_until='')):
+        with ContinualLearner(_config(**dict(cfg.to_dict(), **different))) as other:
+            with pytest.raises(CheckpointError, match='lower_frozen_until'):
+                other.load(path)
+
+
+def test_split_of_the_lower_part_is_checked():
+    """A split needs the slowed mode and a layer below the latent layer."""
+    with pytest.raises(ConfigError, match="needs lower_mode='slowed'"):
+        _config(lower_frozen_until='blocks.3.2')
+    with pytest.raises(ConfigError, match='must be a layer name'):
+        _config(lower_mode='slowed', lower_frozen_until=3)
+    for layer in ('blocks.5.3', 'blocks.6.0', 'nonsense'):   # the cut, above it, unknown
+        with pytest.raises(ConfigError, match='cannot split the lower part after'):
+            ContinualLearner(_config(lower_mode='slowed', lower_frozen_until=layer))
+    # int8 for the frozen layers only when some are frozen
+    _config(lower_mode='slowed', lower_frozen_until='blocks.3.2', lower_runtime='auto',
+            lower_precision='int8')
+    with pytest.raises(ConfigError, match="lower_precision='int8' needs a frozen"):
+        _config(lower_mode='slowed', lower_runtime='auto', lower_precision='int8')
+
+
 def test_predictions_run_the_upper_part_in_onnx_runtime_and_match_eager(tmp_path, views):
     """After each learn the new upper part serves predictions from ONNX Runtime."""
     state = tmp_path / 'state.pt'

@@ -106,6 +106,30 @@ class SplitBackbone:
     std: Tuple[float, float, float]
     weights_id: str
     classifier: Optional[nn.Module]
+    #: the lower part's stages in order: (latent layer name, paths of its modules in ``lower``)
+    lower_stages: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+
+
+def split_lower(lower: nn.Module, stages: Sequence[Tuple[str, Sequence[str]]],
+                until: str) -> Tuple[nn.Module, nn.Module]:
+    """Split ``lower`` after layer ``until`` into two parts that share its modules.
+
+    ``stages`` is :attr:`SplitBackbone.lower_stages`; ``lower`` is that backbone's lower part
+    or a copy of it (modules may have been replaced in place, e.g. batch norms by Batch
+    Renormalization). Running the first part, then the second, is running ``lower``; both
+    hold ``lower``'s own modules, so training the second trains ``lower``. Raises
+    :class:`ConfigError` unless ``until`` names a stage before the last one.
+    """
+    names = [name for name, _ in stages]
+    if until not in names[:-1]:
+        raise ConfigError(f'cannot split the lower part after {until!r}: valid layers are '
+                          f'{", ".join(names[:-1])} (below the latent layer {names[-1]!r})')
+    index = names.index(until)
+    parts = []
+    for chosen in (stages[:index + 1], stages[index + 1:]):
+        parts.append(_nest([(path, lower.get_submodule(path))
+                            for _, paths in chosen for path in paths]))
+    return parts[0], parts[1]
 
 
 # --------------------------------------------------------------------------- registry
@@ -447,4 +471,6 @@ def build_backbone(name: str = 'efficientnet_lite0', cut: Optional[str] = None,
                          feature_dim=int(features.shape[1]),
                          latent_shape=tuple(int(d) for d in latent.shape[1:]),
                          input_size=input_size, mean=net.mean, std=net.std,
-                         weights_id=net.weights_id, classifier=net.classifier)
+                         weights_id=net.weights_id, classifier=net.classifier,
+                         lower_stages=tuple((stage_cut, tuple(path for path, _ in items))
+                                            for stage_cut, items in net.stages[:index + 1]))

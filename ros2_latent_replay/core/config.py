@@ -62,6 +62,12 @@ class LearnerConfig:
     after every step (ONNX Runtime; eager PyTorch with ``lower_runtime='torch'``), ~1.9x
     the default's int8 latency per frame (3.7 vs 1.95 ms p50), and a 300-frame episode
     learns ~3.7x slower, so ``frozen`` stays the default (benchmarks/README.md).
+
+    ``lower_frozen_until`` (slowed mode only) names a layer below the latent layer, in
+    ``latent_layer``'s vocabulary: the layers up to and including it stay frozen and run
+    like a frozen lower part (ONNX Runtime, int8 with ``lower_precision='auto'``), once per
+    frame when it is observed; only the layers after it train at the slowed rate, on the
+    frozen layers' activations. '' (default) trains the whole lower part, as the paper does.
     """
 
     backbone: str = 'efficientnet_lite0'
@@ -73,6 +79,7 @@ class LearnerConfig:
     lower_mode: str = 'frozen'     # 'frozen' or 'slowed'
     lower_lr_multiplier: float = 0.1   # 'slowed' only: lr of the lower part = lr * this
     lower_statistics: str = 'fixed'    # 'slowed' only: lower BRN statistics fixed or drifting
+    lower_frozen_until: str = ''   # 'slowed' only: layers up to this one stay frozen ('' = none)
     lower_runtime: str = 'auto'    # lower part's predictions: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
@@ -132,11 +139,19 @@ class LearnerConfig:
                 raise ConfigError(f'{name}={value!r} must be a non-negative number')
         if self.brn_r_max < 1.0 or self.brn_d_max < 0.0:
             raise ConfigError('brn_r_max must be >= 1 and brn_d_max >= 0')
-        if self.lower_precision == 'int8' and (self.lower_mode != 'frozen'
+        if not isinstance(self.lower_frozen_until, str):
+            raise ConfigError(f'lower_frozen_until={self.lower_frozen_until!r} must be a '
+                              f'layer name or empty')
+        if self.lower_frozen_until and self.lower_mode != 'slowed':
+            raise ConfigError(f"lower_frozen_until={self.lower_frozen_until!r} needs "
+                              f"lower_mode='slowed' (with 'frozen' the whole lower part is "
+                              f'frozen already)')
+        if self.lower_precision == 'int8' and (not self.has_frozen_graph()
                                                or self.lower_runtime == 'torch'):
-            raise ConfigError("lower_precision='int8' needs lower_mode='frozen' and "
+            raise ConfigError("lower_precision='int8' needs a frozen lower part "
+                              "(lower_mode='frozen', or 'slowed' with lower_frozen_until) and "
                               "lower_runtime 'auto' or 'onnxruntime' (it is an ONNX Runtime "
-                              'graph of the frozen lower part)')
+                              'graph of the frozen layers)')
         if self.upper_precision == 'int8' and (self.upper_runtime == 'torch'
                                                or not self.has_replay_memory()):
             raise ConfigError("upper_precision='int8' needs upper_runtime='auto' and a replay "
@@ -154,15 +169,20 @@ class LearnerConfig:
     def effective_lower_precision(self) -> str:
         """Return the number format asked for the lower part: ``'float32'`` or ``'int8'``.
 
-        ``'auto'`` asks for int8 for a frozen lower part that may run in ONNX Runtime
+        ``'auto'`` asks for int8 for a frozen lower part (or the frozen layers below
+        ``lower_frozen_until``) that may run in ONNX Runtime
         (``lower_runtime`` ``auto`` or ``onnxruntime``) and float32 otherwise; the learner
         then takes float32 when the int8 graph is unusable (``ContinualLearner.lower_precision``
         says which one runs).
         """
         if self.lower_precision != 'auto':
             return self.lower_precision
-        frozen_graph = self.lower_mode == 'frozen' and self.lower_runtime != 'torch'
+        frozen_graph = self.has_frozen_graph() and self.lower_runtime != 'torch'
         return 'int8' if frozen_graph else 'float32'
+
+    def has_frozen_graph(self) -> bool:
+        """Whether some layers of the lower part stay frozen (all, or up to the split)."""
+        return self.lower_mode == 'frozen' or bool(self.lower_frozen_until)
 
     def has_replay_memory(self) -> bool:
         """Whether a learner with these settings keeps a replay memory."""
@@ -211,4 +231,5 @@ class LearnerConfig:
         """Fields a checkpoint must match (the learner adds the lower precision in use)."""
         return {'backbone': self.backbone, 'latent_layer': self.latent_layer,
                 'input_size': self.input_size, 'max_classes': self.max_classes,
-                'replay_size': self.replay_size, 'replay_storage': self.replay_storage}
+                'replay_size': self.replay_size, 'replay_storage': self.replay_storage,
+                'lower_frozen_until': self.lower_frozen_until}

@@ -218,8 +218,14 @@ class FrozenLowerRuntime:
     def __init__(self, lower: nn.Module, input_size: int, prefer: str = 'auto',
                  threads: int = 0, cache_dir: Optional[str] = None,
                  precision: str = 'float32', mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), cache: bool = True):
-        """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch."""
+                 std: Sequence[float] = (0.5, 0.5, 0.5), cache: bool = True,
+                 input_shape: Optional[Sequence[int]] = None):
+        """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch.
+
+        ``input_shape`` (C, H, W) is what one input to ``lower`` holds when that is not an
+        image of ``input_size`` (the trained layers after ``lower_frozen_until`` take the
+        frozen layers' activations); only float32 and ``cache=False`` then.
+        """
         if prefer not in _PREFERENCES:
             raise ConfigError(f'unknown lower runtime {prefer!r}; valid: '
                               f'{", ".join(_PREFERENCES)}')
@@ -235,6 +241,12 @@ class FrozenLowerRuntime:
             raise ConfigError(f'threads must be an integer >= 0, got {threads!r}')
         if precision == 'int8' and not cache:
             raise ConfigError('an int8 lower part is always cached (quantizing takes ~12 s)')
+        image_shape = (3, input_size, input_size)
+        self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None \
+            else image_shape
+        if self.input_shape != image_shape and (precision == 'int8' or cache):
+            raise ConfigError('a lower part that does not take images runs in float32 and '
+                              'uncached only')
         self.input_size = input_size
         self.threads = threads
         self.precision = precision
@@ -335,7 +347,7 @@ class FrozenLowerRuntime:
         self._check_and_keep(session, cpu_module)
 
     def _export(self, cpu_module: nn.Module) -> bytes:
-        example = torch.zeros(2, 3, self.input_size, self.input_size)
+        example = torch.zeros(2, *self.input_shape)
         data, self.export_seconds, exporter = export_onnx(cpu_module, example)
         _LOG.log(logging.INFO if self.cache else logging.DEBUG,
                  'exported the frozen lower part to ONNX in %.2f s (%s)',
@@ -347,7 +359,7 @@ class FrozenLowerRuntime:
         if self.precision == 'int8':
             self.min_cosine = self._check_int8(session, cpu_module)
         else:
-            check_against_eager(session, cpu_module, (1, 3, self.input_size, self.input_size),
+            check_against_eager(session, cpu_module, (1, *self.input_shape),
                                 self.TOLERANCE, 'the lower part')
         self._session = session
 
@@ -363,10 +375,9 @@ class FrozenLowerRuntime:
     def _check(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise InputError(f'expected a torch.Tensor, got {type(x).__name__}')
-        size = self.input_size
-        if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size) or x.shape[0] < 1:
-            raise InputError(f'expected images of shape [N>=1, 3, {size}, {size}], '
-                             f'got {list(x.shape)}')
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] < 1:
+            raise InputError(f'expected inputs of shape [N>=1, '
+                             f'{", ".join(map(str, self.input_shape))}], got {list(x.shape)}')
         if not x.is_floating_point():
             raise InputError(f'expected normalised float images, got dtype {x.dtype}')
 

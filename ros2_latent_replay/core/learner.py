@@ -29,7 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import checkpoint
-from .backbones import build_backbone
+from .backbones import build_backbone, split_lower
 from .batch_renorm import brn_layers, convert_batchnorm_to_brn, set_brn_schedule
 from .class_registry import ClassRegistry, normalize_label
 from .config import LearnerConfig
@@ -94,10 +94,21 @@ class ContinualLearner:
                                 ramp_step=cfg.brn_ramp_step)
         lower = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.lower), **self._brn_kwargs)
         self._fresh_lower_state = copy.deepcopy(lower.state_dict())
+        # slowed mode with lower_frozen_until: the layers up to it stay frozen
+        self._frozen_until = cfg.lower_frozen_until if cfg.lower_mode == 'slowed' else ''
         self._lower = self._prepare_lower(lower)
         self._fresh_upper = self._new_upper()
         self._upper = copy.deepcopy(self._fresh_upper).eval()
         self._runtime = self._make_runtime(self._lower)
+        self._frozen_runtime: Optional[FrozenLowerRuntime] = None   # layers up to the split
+        self._trained_input_shape: Optional[tuple] = None
+        if self._frozen_until:
+            frozen = split_lower(self._lower, self._backbone.lower_stages,
+                                 self._frozen_until)[0]
+            self._frozen_runtime = self._make_runtime(frozen, always=True)
+            with torch.no_grad():
+                probe = frozen(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
+            self._trained_input_shape = tuple(int(v) for v in probe.shape[1:])
         self._lower_serving_warned = False
         self._lower_serving = self._serve_lower(self._lower, strict=True)
         self._upper_runtime: Optional[UpperInferenceRuntime] = None
@@ -120,17 +131,28 @@ class ContinualLearner:
     def _prepare_lower(self, lower: nn.Module) -> nn.Module:
         trainable = self.config.lower_mode == 'slowed' and self.config.lower_lr_multiplier > 0
         for param in lower.parameters():
+            param.requires_grad_(False)
+        for param in self._trained_part(lower).parameters():
             param.requires_grad_(trainable)
         return lower.eval()
 
-    def _make_runtime(self, lower: nn.Module):
+    def _trained_part(self, lower: nn.Module) -> nn.Module:
+        """Return the layers of ``lower`` (its own modules) that a slowed lower part trains."""
+        if not self._frozen_until:
+            return lower
+        return split_lower(lower, self._backbone.lower_stages, self._frozen_until)[1]
+
+    def _make_runtime(self, lower: nn.Module, always: bool = False):
         """Runtime of a frozen lower part (None when it trains); sets :attr:`lower_precision`.
+
+        ``always``: build it for ``lower`` whatever the mode (the frozen layers of a slowed
+        lower part split by ``lower_frozen_until``).
 
         ``lower_precision='auto'`` asks for the int8 graph and takes float32 when it cannot
         be built or fails its check against float32 (a network that quantizes badly).
         """
         self.lower_precision = 'float32'
-        if self.config.lower_mode != 'frozen':
+        if self.config.lower_mode != 'frozen' and not always:
             return None
         cfg = self.config
 
@@ -165,9 +187,10 @@ class ContinualLearner:
         if self._runtime is not None or cfg.lower_runtime == 'torch':
             return None
         try:
-            return FrozenLowerRuntime(lower, cfg.input_size, prefer='onnxruntime',
-                                      threads=cfg.threads, mean=self._backbone.mean,
-                                      std=self._backbone.std, cache=False)
+            return FrozenLowerRuntime(self._trained_part(lower), cfg.input_size,
+                                      prefer='onnxruntime', threads=cfg.threads,
+                                      mean=self._backbone.mean, std=self._backbone.std,
+                                      cache=False, input_shape=self._trained_input_shape)
         except ConfigError as exc:
             if strict and cfg.lower_runtime == 'onnxruntime':
                 raise
@@ -309,16 +332,29 @@ class ContinualLearner:
     # ------------------------------------------------------------------ encoding
     def encode(self, frames: Frames) -> torch.Tensor:
         """Latents of ``frames`` with the current lower part (float32, N x C x H x W)."""
-        items = as_frame_list(frames)
+        return self._encode(as_frame_list(frames))[1]
+
+    def _encode(self, items: Sequence[np.ndarray]):
+        """Return (activations of the frozen layers or None, latents) of ``items``.
+
+        The activations are given only when ``lower_frozen_until`` splits a slowed lower
+        part: its trained layers learn from them.
+        """
         runtime = self._runtime
         if runtime is None:     # a lower part that trains and its graph are swapped together
             with self._episode_lock:
                 runtime, lower = self._lower_serving, self._lower
-        chunks = []
+            if runtime is None:
+                lower = self._trained_part(lower)
+        frozen = self._frozen_runtime
+        chunks, inputs = [], []
         for start in range(0, len(items), _ENCODE_CHUNK):
             part = items[start:start + _ENCODE_CHUNK]
             x = frames_to_tensor(part, self.config.input_size, self._backbone.mean,
                                  self._backbone.std)
+            if frozen is not None:
+                x = frozen(x)
+                inputs.append(x)
             if runtime is not None:
                 chunks.append(runtime(x))
             else:
@@ -329,7 +365,7 @@ class ContinualLearner:
             else torch.isfinite(latents).all()   # numpy: a fifth of torch's time for one frame
         if not finite:
             raise InputError('the lower part produced NaN/inf latents for these frames')
-        return latents
+        return (torch.cat(inputs) if inputs else None), latents
 
     def _resized(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """Frames as uint8 N x 3 x S x S (kept only when the lower part trains)."""
@@ -367,8 +403,11 @@ class ContinualLearner:
                 self._episode_dropped += len(items) - len(keep)
         if not keep:
             return 0
-        latents = self.encode(keep)
-        resized = self._resized(keep) if self._runtime is None else None
+        # what the trained layers of a slowed lower part learn from: the frames, or the
+        # activations of the layers up to lower_frozen_until
+        resized, latents = self._encode(keep)
+        if resized is None and self._runtime is None:
+            resized = self._resized(keep)
         with self._episode_lock:
             room = self.config.max_frames_per_episode - sum(
                 len(x) for x in self._episode_latents)
@@ -489,9 +528,10 @@ class ContinualLearner:
         work = copy.deepcopy(self._upper)
         work.head.grow(len(registry))
         lower = copy.deepcopy(self._lower) if self._runtime is None else None
+        trained = self._trained_part(lower) if lower is not None else None
         lr = cfg.lr_initial if first else cfg.lr_incremental
         if not first:
-            for module in (work, lower):
+            for module in (work, trained):
                 if module is not None:
                     set_brn_schedule(module, cfg.brn_momentum_incremental, r_max=cfg.brn_r_max,
                                      d_max=cfg.brn_d_max, ramp_step=0.0)
@@ -524,10 +564,10 @@ class ContinualLearner:
         work.train()
         if cfg.strategy == 'cwr' and not first:
             work.body.eval()
-        if lower is not None:
-            lower.train()
+        if trained is not None:
+            trained.train()
             if cfg.lower_statistics == 'fixed':   # weights train, normalisation stays put
-                for layer in brn_layers(lower):
+                for layer in brn_layers(trained):
                     layer.eval()
         epoch0_latents = new_latents.clone()
         total_loss, total_correct, total_seen = 0.0, 0, 0
@@ -541,7 +581,7 @@ class ContinualLearner:
                 new_pos += n_new
                 rep_pos += n_rep
                 if lower is not None:
-                    x_new = self._lower_train_forward(lower, new_frames[idx_new])
+                    x_new = self._lower_train_forward(trained, new_frames[idx_new])
                     if epoch == 0:
                         epoch0_latents[idx_new] = x_new.detach()
                 else:
@@ -629,10 +669,14 @@ class ContinualLearner:
         reps = -(-needed // size)
         return torch.cat([torch.randperm(size, generator=gen) for _ in range(reps)])[:needed]
 
-    def _lower_train_forward(self, lower: nn.Module, frames_u8: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self._backbone.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self._backbone.std).view(1, 3, 1, 1)
-        x = (frames_u8.float() / 255.0 - mean) / std
+    def _lower_train_forward(self, lower: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """Latents of the trained layers ``lower`` for uint8 frames or frozen activations."""
+        if self._frozen_until:
+            x = inputs
+        else:
+            mean = torch.tensor(self._backbone.mean).view(1, 3, 1, 1)
+            std = torch.tensor(self._backbone.std).view(1, 3, 1, 1)
+            x = (inputs.float() / 255.0 - mean) / std
         if self.config.lower_lr_multiplier > 0:
             return lower(x)
         with torch.no_grad():  # slowed with multiplier 0: only BRN statistics drift
