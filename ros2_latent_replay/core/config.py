@@ -68,6 +68,10 @@ class LearnerConfig:
     like a frozen lower part (ONNX Runtime, int8 with ``lower_precision='auto'``), once per
     frame when it is observed; only the layers after it train at the slowed rate, on the
     frozen layers' activations. '' (default) trains the whole lower part, as the paper does.
+    The early layers hold most of the work and few of the weights: after ``blocks.3.2`` the
+    whole COIL-100 clutter run 0 ends at 87.7% (whole slowed lower part 88.6%, frozen
+    80.8%), a 300-frame episode learns in about half the whole slowed part's time (54 vs
+    108 s; frozen 24 s) and a prediction takes 3.0 ms p50 (3.6; frozen 1.7).
     """
 
     backbone: str = 'efficientnet_lite0'
