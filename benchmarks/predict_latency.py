@@ -252,20 +252,15 @@ def main():
         results[backend]['idle_after_ms'] = ms(idle_after[backend])
         learner.close()
     ratios = {}
-    if 'int8_upper' in results and 'slowed' in results:
-        ratios['slowed_over_default_idle_p50'] = results['slowed']['idle_ms']['p50'] \
-            / results['int8_upper']['idle_ms']['p50']
-        ratios['slowed_over_default_learn_seconds'] = \
-            float(np.mean(results['slowed']['learn_seconds_with_predictions'])) \
-            / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
-    for backend in results:
-        if backend.startswith('slowed_after_') and 'int8_upper' in results:
-            key = backend[len('slowed_'):].replace('.', '_')
-            ratios[f'slowed_{key}_over_default_idle_p50'] = \
-                results[backend]['idle_ms']['p50'] / results['int8_upper']['idle_ms']['p50']
-            ratios[f'slowed_{key}_over_default_learn_seconds'] = \
+    default = results.get('int8_upper')
+    for backend in results:   # every slowed variant against the default, same run
+        if backend.startswith('slowed') and default is not None:
+            key = backend.replace('.', '_')
+            ratios[f'{key}_over_default_idle_p50'] = \
+                results[backend]['idle_ms']['p50'] / default['idle_ms']['p50']
+            ratios[f'{key}_over_default_learn_seconds'] = \
                 float(np.mean(results[backend]['learn_seconds_with_predictions'])) \
-                / float(np.mean(results['int8_upper']['learn_seconds_with_predictions']))
+                / float(np.mean(default['learn_seconds_with_predictions']))
     if 'slowed' in results and 'slowed_torch' in results:
         ratios['slowed_eager_over_ort_idle_p50'] = \
             results['slowed_torch']['idle_ms']['p50'] / results['slowed']['idle_ms']['p50']

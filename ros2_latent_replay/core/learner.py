@@ -95,7 +95,7 @@ class ContinualLearner:
         lower = convert_batchnorm_to_brn(copy.deepcopy(self._backbone.lower), **self._brn_kwargs)
         self._fresh_lower_state = copy.deepcopy(lower.state_dict())
         # slowed mode with lower_frozen_until: the layers up to it stay frozen
-        self._frozen_until = cfg.lower_frozen_until if cfg.lower_mode == 'slowed' else ''
+        self._frozen_until = cfg.lower_frozen_until   # validate(): set in slowed mode only
         self._lower = self._prepare_lower(lower)
         self._fresh_upper = self._new_upper()
         self._upper = copy.deepcopy(self._fresh_upper).eval()
