@@ -20,8 +20,10 @@ upper part in int8 ONNX Runtime), and ``slowed_torch``: the same with
 ``lower_runtime='torch'`` (eager float32 lower part, as before 2026-12-07), and
 ``slowed_after_blocks.3.2`` / ``slowed_after_blocks.4.2``: ``slowed`` with
 ``lower_frozen_until`` set to that layer (the layers up to it frozen, in int8 ONNX Runtime;
-the trained layers after it in a float32 graph rebuilt after every step). Threads: torch and
-ONNX Runtime intra-op threads set explicitly (``--threads``).
+the trained layers after it in a float32 graph rebuilt after every step), and the same three
+with ``_int8`` appended (``slowed_lower_precision='int8'``: the graph of the trained layers
+quantized after every step). Threads: torch and ONNX Runtime intra-op threads set
+explicitly (``--threads``).
 """
 
 import argparse
@@ -34,17 +36,21 @@ import numpy as np
 from common import Recorder, load_frames, parse_common, set_threads, summary, tune_malloc_now
 from learn_latency import fill_memory, observe_grouped
 
-BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', 'slowed', 'slowed_torch',
-            'slowed_after_blocks.3.2', 'slowed_after_blocks.4.2']
+SLOWED = ['slowed', 'slowed_after_blocks.3.2', 'slowed_after_blocks.4.2']
+BACKENDS = ['onnxruntime', 'int8', 'torch', 'int8_upper', *SLOWED, 'slowed_torch',
+            *(f'{name}_int8' for name in SLOWED)]
 
 
 def build_learner(backend, threads, frames, labels):
     """Return a default learner taught 1,500 real frames, running ``backend``'s engines."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     if backend.startswith('slowed'):   # lower_mode slowed, int8 upper part
-        split = backend.split('_after_')[1] if '_after_' in backend else ''
+        name, int8 = (backend[:-len('_int8')], True) if backend.endswith('_int8') \
+            else (backend, False)
+        split = name.split('_after_')[1] if '_after_' in name else ''
         config = LearnerConfig(threads=threads, lower_mode='slowed', lower_frozen_until=split,
-                               lower_runtime='torch' if backend == 'slowed_torch' else 'auto')
+                               lower_runtime='torch' if backend == 'slowed_torch' else 'auto',
+                               slowed_lower_precision='int8' if int8 else 'float32')
     else:
         int8 = backend in ('int8', 'int8_upper')
         config = LearnerConfig(
@@ -196,7 +202,8 @@ def main():
                              'the default), torch, slowed (lower_mode slowed, its other '
                              'settings at their defaults), slowed_torch (the same with '
                              'lower_runtime torch), slowed_after_blocks.3.2 and '
-                             'slowed_after_blocks.4.2 (slowed with lower_frozen_until)')
+                             'slowed_after_blocks.4.2 (slowed with lower_frozen_until); '
+                             'the three slowed ones + _int8 (slowed_lower_precision int8)')
     args = parser.parse_args()
     calls = args.calls or (200 if args.quick else 1000)
     learn_rounds = args.learn_rounds if args.learn_rounds is not None else (
@@ -235,6 +242,7 @@ def main():
         results[backend] = {
             'backend_used': learner.lower_backend,
             'lower_precision': learner.lower_precision,
+            'slowed_lower_precision': learner.slowed_lower_precision,
             'upper_precision': learner.upper_precision,
             'upper_backend_used': learner.upper_backend, 'idle_ms': ms(idle[backend]),
             'idle_parts': parts,

@@ -91,6 +91,13 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                         'precision it was made with); auto = int8 when the lower part is '
                         'frozen and runs in ONNX Runtime, else float32', None,
                         None, core_config.LOWER_PRECISIONS),
+    'slowed_lower_precision': ('slowed mode: number format of the graph the trained lower '
+                               'layers predict with, rebuilt after every learn step: int8 = '
+                               'quantized like a frozen lower part (~1.5 s more per step; '
+                               'checked against float32, float32 when the check fails); '
+                               'training and state files stay float32; auto = int8 when the '
+                               'lower part is slowed and runs in ONNX Runtime', None, None,
+                               core_config.SLOWED_LOWER_PRECISIONS),
     'upper_runtime': ('engine for predictions with the trained upper part (auto = ONNX '
                       'Runtime, re-exported after every learn step, when available)',
                       None, None, core_config.UPPER_RUNTIMES),

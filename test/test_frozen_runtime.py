@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from skimage import data as skdata
 from torch import nn
 
-from ros2_latent_replay.core.backbones import build_backbone
+from ros2_latent_replay.core.backbones import build_backbone, split_lower
 from ros2_latent_replay.core.errors import ConfigError, InputError
 from ros2_latent_replay.core.frozen_runtime import (
     FrozenLowerRuntime, _export_dynamo, check_against_eager, default_cache_dir, export_onnx,
@@ -168,8 +168,44 @@ def test_uncached_runtime_exports_every_time_and_writes_nothing(lower, tmp_path)
     assert sorted(os.listdir(tmp_path)) == files
     x = _images(3)
     assert torch.equal(fresh(x), cached(x))
-    with pytest.raises(ConfigError, match='always cached'):
-        FrozenLowerRuntime(lower, SIZE, precision='int8', cache=False)
+
+
+def test_uncached_int8_runtime_quantizes_the_same_graph_and_writes_nothing(
+        lower, int8_runtime, tmp_path):
+    """``cache=False`` in int8 (a slowed lower part's served graph): the cached graph's twin."""
+    fresh = FrozenLowerRuntime(lower, SIZE, threads=1, precision='int8', cache=False,
+                               cache_dir=str(tmp_path))
+    assert (fresh.backend, fresh.precision, fresh.onnx_path) == ('onnxruntime', 'int8', None)
+    assert fresh.min_cosine >= FrozenLowerRuntime.INT8_MIN_COSINE
+    assert os.listdir(tmp_path) == []
+    x = _images(3)
+    assert torch.equal(fresh(x), int8_runtime(x))
+
+
+def test_int8_part_after_the_first_layers_is_calibrated_through_them(lower, tmp_path):
+    """A part taking activations quantizes on the calibration images mapped by input_map."""
+    first, second = split_lower(lower, build_backbone().lower_stages, 'blocks.3.2')
+    x = _images(6)
+    with torch.no_grad():
+        inputs = first(x)
+        expected = second(inputs)
+    shape = tuple(inputs.shape[1:])
+    for bad in (dict(precision='int8'), dict(cache=True, input_map=first)):
+        with pytest.raises(ConfigError, match='does not take images'):
+            FrozenLowerRuntime(second, SIZE, input_shape=shape, cache_dir=str(tmp_path),
+                               **dict(dict(cache=False), **bad))
+    part = FrozenLowerRuntime(second, SIZE, threads=1, precision='int8', cache=False,
+                              input_shape=shape, input_map=first, cache_dir=str(tmp_path))
+    assert (part.backend, part.precision, part.input_shape) == ('onnxruntime', 'int8', shape)
+    assert part.min_cosine >= FrozenLowerRuntime.INT8_MIN_COSINE
+    got = part(inputs)
+    assert got.shape == expected.shape
+    cosine = cosine_similarities(got.numpy(), expected.numpy())
+    assert cosine.min() >= 0.95, cosine
+    assert _relative_error(got, expected) > FrozenLowerRuntime.TOLERANCE   # really int8
+    with pytest.raises(InputError, match='expected inputs of shape'):
+        part(x)                                     # images, not the first part's output
+    assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_cache_file_is_replaced(lower, tmp_path):

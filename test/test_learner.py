@@ -13,6 +13,7 @@ from ros2_latent_replay.core.errors import (BusyError, CheckpointError, ClassLim
                                             NonFiniteError, NotTrainedError)
 from ros2_latent_replay.core.frozen_runtime import FrozenLowerRuntime
 from ros2_latent_replay.core.learner import ContinualLearner
+from ros2_latent_replay.core.lower_quantization import cosine_similarities
 
 OBJECTS = ('chelsea', 'coffee', 'rocket')
 
@@ -397,6 +398,45 @@ def test_split_slowed_lower_part_runs_its_frozen_layers_in_int8_and_round_trips(
         with ContinualLearner(_config(**dict(cfg.to_dict(), **different))) as other:
             with pytest.raises(CheckpointError, match='lower_frozen_until'):
                 other.load(path)
+
+
+def test_slowed_lower_part_can_predict_in_int8_and_answers_the_same_after_a_restart(
+        tmp_path, views, monkeypatch, caplog):
+    """``slowed_lower_precision: int8``: predictions quantized per step, training float32."""
+    cfg = _config(lower_mode='slowed', lower_frozen_until='blocks.4.2', lower_runtime='auto',
+                  slowed_lower_precision='int8')
+    exact_cfg = _config(**dict(cfg.to_dict(), slowed_lower_precision='float32'))
+    frames = [frame for name in OBJECTS for frame in views[name][1]]
+    path = str(tmp_path / 'int8.pt')
+    with ContinualLearner(cfg) as fast, ContinualLearner(exact_cfg) as exact:
+        assert (fast.slowed_lower_precision, exact.slowed_lower_precision) == ('int8', 'float32')
+        _teach(fast, views)
+        assert fast.stats()['slowed_lower_precision'] == 'int8'
+        assert fast.lower_precision == 'int8'          # the frozen layers, as before
+        assert _accuracy(fast, views) >= 0.6
+        fast.save(path)
+        exact.load(path)        # how predictions run is not part of the state file
+        served, expected = fast.encode(frames), exact.encode(frames)
+        cosine = cosine_similarities(served.numpy(), expected.numpy())
+        assert cosine.min() >= 0.95, cosine
+        scale = float(expected.abs().max())
+        assert float((served - expected).abs().max()) > 1e-3 * scale     # really int8
+        answers = fast.predict(frames)
+        same = sum(a['label'] == b['label'] for a, b in zip(answers, exact.predict(frames)))
+        assert same >= len(frames) - 2, same
+    with ContinualLearner(cfg) as other:
+        other.load(path)
+        assert other.predict(frames) == answers        # the same graph is quantized again
+    monkeypatch.setattr(FrozenLowerRuntime, 'INT8_MIN_COSINE', 1.01)   # no graph passes
+    with caplog.at_level('WARNING', logger='ros2_latent_replay.core.learner'):
+        with ContinualLearner(cfg) as checked:
+            assert checked.slowed_lower_precision == 'float32'
+            assert checked.lower_backend == 'onnxruntime'
+    assert 'predicts in float32 this time' in caplog.text
+    for wrong in (dict(lower_mode='frozen'), dict(lower_runtime='torch')):
+        with pytest.raises(ConfigError, match="slowed_lower_precision='int8' needs"):
+            _config(**dict(cfg.to_dict(), lower_frozen_until='', lower_precision='auto',
+                           **wrong))
 
 
 def test_split_of_the_lower_part_is_checked():

@@ -14,6 +14,7 @@ LOWER_RUNTIMES = ('auto', 'onnxruntime', 'torch')
 UPPER_RUNTIMES = ('auto', 'torch')
 LOWER_PRECISIONS = ('auto', 'float32', 'int8')
 UPPER_PRECISIONS = ('auto', 'float32', 'int8')
+SLOWED_LOWER_PRECISIONS = ('auto', 'float32', 'int8')
 
 
 @dataclass
@@ -88,6 +89,7 @@ class LearnerConfig:
     lower_frozen_until: str = ''   # 'slowed' only: layers up to this one stay frozen ('' = none)
     lower_runtime: str = 'auto'    # lower part's predictions: ONNX Runtime when available
     lower_precision: str = 'auto'  # frozen lower part in ONNX Runtime: int8 (see below)
+    slowed_lower_precision: str = 'float32'   # 'slowed': graph its trained layers predict with
     upper_runtime: str = 'auto'    # predictions: trained upper part in ONNX Runtime if possible
     upper_precision: str = 'auto'  # that graph's convolutions in int8 when it can (below)
     replay_size: int = 1500
@@ -122,6 +124,7 @@ class LearnerConfig:
             'replay_policy': REPLAY_POLICIES, 'replay_storage': REPLAY_STORAGES,
             'lower_runtime': LOWER_RUNTIMES, 'upper_runtime': UPPER_RUNTIMES,
             'lower_precision': LOWER_PRECISIONS, 'upper_precision': UPPER_PRECISIONS,
+            'slowed_lower_precision': SLOWED_LOWER_PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -158,6 +161,11 @@ class LearnerConfig:
                               "(lower_mode='frozen', or 'slowed' with lower_frozen_until) and "
                               "lower_runtime 'auto' or 'onnxruntime' (it is an ONNX Runtime "
                               'graph of the frozen layers)')
+        if self.slowed_lower_precision == 'int8' and (self.lower_mode != 'slowed'
+                                                      or self.lower_runtime == 'torch'):
+            raise ConfigError("slowed_lower_precision='int8' needs lower_mode='slowed' and "
+                              "lower_runtime 'auto' or 'onnxruntime' (it is the ONNX Runtime "
+                              'graph the trained lower layers predict with)')
         if self.upper_precision == 'int8' and (self.upper_runtime == 'torch'
                                                or not self.has_replay_memory()):
             raise ConfigError("upper_precision='int8' needs upper_runtime='auto' and a replay "
@@ -185,6 +193,18 @@ class LearnerConfig:
             return self.lower_precision
         frozen_graph = self.has_frozen_graph() and self.lower_runtime != 'torch'
         return 'int8' if frozen_graph else 'float32'
+
+    def effective_slowed_lower_precision(self) -> str:
+        """Return the number format asked for a slowed lower part's predictions.
+
+        ``'auto'`` asks for int8 when a slowed lower part predicts in ONNX Runtime and
+        float32 otherwise (a frozen lower part has no trained layers: ``lower_precision``);
+        the learner takes float32 for a step whose int8 graph fails its check.
+        """
+        if self.slowed_lower_precision != 'auto':
+            return self.slowed_lower_precision
+        return 'int8' if self.lower_mode == 'slowed' and self.lower_runtime != 'torch' \
+            else 'float32'
 
     def has_frozen_graph(self) -> bool:
         """Whether some layers of the lower part stay frozen (all, or up to the split)."""

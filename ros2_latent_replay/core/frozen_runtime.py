@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -205,7 +205,10 @@ class FrozenLowerRuntime:
     :func:`~.lower_quantization.quantize_lower` (calibrated with ``mean`` / ``std``, the
     backbone's input normalisation), cached as ``frozen_lower-int8-<key>.onnx``. Its
     latents differ from float32 ones, so it never falls back to another engine: without
-    ONNX Runtime and its quantization tools it raises :class:`ConfigError`.
+    ONNX Runtime and its quantization tools it raises :class:`ConfigError`. With
+    ``cache=False`` it quantizes at every build (~1.5 s for the layers after ``blocks.3.2``
+    of EfficientNet-Lite0, several seconds for a whole lower part): the served graph of a
+    slowed lower part, whose weights change at every step.
     """
 
     #: Max abs difference between this runtime's and eager PyTorch's latents, relative to
@@ -219,12 +222,15 @@ class FrozenLowerRuntime:
                  threads: int = 0, cache_dir: Optional[str] = None,
                  precision: str = 'float32', mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), cache: bool = True,
-                 input_shape: Optional[Sequence[int]] = None):
+                 input_shape: Optional[Sequence[int]] = None,
+                 input_map: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         """Prepare the runtime: export or load the ONNX graph, or set up eager PyTorch.
 
         ``input_shape`` (C, H, W) is what one input to ``lower`` holds when that is not an
         image of ``input_size`` (the trained layers after ``lower_frozen_until`` take the
-        frozen layers' activations); only float32 and ``cache=False`` then.
+        frozen layers' activations); only with ``cache=False`` then, and int8 only with
+        ``input_map``: the function from normalised images to those inputs (the frozen
+        layers), through which the int8 graph's calibration and check images go.
         """
         if prefer not in _PREFERENCES:
             raise ConfigError(f'unknown lower runtime {prefer!r}; valid: '
@@ -239,14 +245,14 @@ class FrozenLowerRuntime:
             raise ConfigError(f'input_size must be a positive integer, got {input_size!r}')
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f'threads must be an integer >= 0, got {threads!r}')
-        if precision == 'int8' and not cache:
-            raise ConfigError('an int8 lower part is always cached (quantizing takes ~12 s)')
         image_shape = (3, input_size, input_size)
         self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None \
             else image_shape
-        if self.input_shape != image_shape and (precision == 'int8' or cache):
-            raise ConfigError('a lower part that does not take images runs in float32 and '
-                              'uncached only')
+        if self.input_shape != image_shape and (cache or (precision == 'int8'
+                                                          and input_map is None)):
+            raise ConfigError('a lower part that does not take images runs uncached only, '
+                              'and in int8 only with an input_map for its calibration')
+        self._input_map = input_map
         self.input_size = input_size
         self.threads = threads
         self.precision = precision
@@ -297,7 +303,10 @@ class FrozenLowerRuntime:
 
         cpu_module = copy.deepcopy(self._module).cpu()
         if not self.cache:
-            session = open_session(self._export(cpu_module), self.threads)
+            data = self._export(cpu_module)
+            if self.precision == 'int8':
+                data = self._quantize(data)
+            session = open_session(data, self.threads)
             self._check_and_keep(session, cpu_module)
             return
         key = lower_cache_key(cpu_module, self.input_size)
@@ -330,10 +339,7 @@ class FrozenLowerRuntime:
                                  'again', path, exc)
         data = self._export(cpu_module)
         if self.precision == 'int8':
-            start = time.perf_counter()
-            data = quantize_lower(data, self.input_size, self._mean, self._std)
-            _LOG.info('quantized the frozen lower part to int8 in %.2f s',
-                      time.perf_counter() - start)
+            data = self._quantize(data)
         session = open_session(data, self.threads)
         try:
             # cached before the check: an int8 graph that fails it (a network that does
@@ -354,6 +360,21 @@ class FrozenLowerRuntime:
                  self.export_seconds, exporter)
         return data
 
+    def _inputs_of(self, images: np.ndarray) -> np.ndarray:
+        """Return what the graph takes for normalised ``images``: them, or input_map's output."""
+        if self._input_map is None:
+            return images
+        with torch.no_grad():
+            return self._input_map(torch.from_numpy(images)).numpy().astype(np.float32)
+
+    def _quantize(self, data: bytes) -> bytes:
+        start = time.perf_counter()
+        data = quantize_lower(data, self.input_size, self._mean, self._std,
+                              input_map=self._inputs_of)
+        _LOG.log(logging.INFO if self.cache else logging.DEBUG,
+                 'quantized the lower part to int8 in %.2f s', time.perf_counter() - start)
+        return data
+
     def _check_and_keep(self, session: Any, cpu_module: nn.Module) -> None:
         """Check ``session`` against eager ``cpu_module`` (raises when it fails); keep it."""
         if self.precision == 'int8':
@@ -365,8 +386,8 @@ class FrozenLowerRuntime:
 
     def _check_int8(self, session: Any, cpu_module: nn.Module) -> float:
         """Compare the int8 graph with eager float32 on 16 seeded images; return min cosine."""
-        images = calibration_images(16, self.input_size, CALIBRATION_SEED + 1, self._mean,
-                                    self._std)
+        images = self._inputs_of(calibration_images(16, self.input_size, CALIBRATION_SEED + 1,
+                                                    self._mean, self._std))
         return check_int8_agreement(session, cpu_module, images, self.INT8_MIN_COSINE,
                                     'the lower part')[0]
 

@@ -178,19 +178,34 @@ class ContinualLearner:
         """ONNX Runtime copy of a lower part that trains (slowed mode), or None for eager.
 
         Between two learning steps a slowed lower part is a fixed function too, so its
-        predictions run a float32 graph of it, rebuilt whenever its weights change (export,
-        session and check against eager PyTorch: ~0.5 s, nothing cached on disk). Not with
-        ``lower_runtime: torch``. When the graph cannot be built, eager PyTorch serves (one
-        warning); at construction (``strict``) ``lower_runtime: onnxruntime`` raises instead.
+        predictions run a graph of it, rebuilt whenever its weights change (export, session
+        and check against eager PyTorch: ~0.5 s, nothing cached on disk). Not with
+        ``lower_runtime: torch``. With ``slowed_lower_precision`` int8 the graph is
+        quantized as a frozen lower part's is (calibrated on the same seeded images, through
+        the frozen layers when ``lower_frozen_until`` splits the part), so a state file
+        gives the same graph again; when that graph fails its check, float32 serves (one
+        warning per step). When no graph can be built, eager PyTorch serves (one warning);
+        at construction (``strict``) ``lower_runtime: onnxruntime`` raises instead.
         """
         cfg = self.config
         if self._runtime is not None or cfg.lower_runtime == 'torch':
             return None
-        try:
-            return FrozenLowerRuntime(self._trained_part(lower), cfg.input_size,
-                                      prefer='onnxruntime', threads=cfg.threads,
+        trained = self._trained_part(lower)
+
+        def build(precision: str) -> FrozenLowerRuntime:
+            return FrozenLowerRuntime(trained, cfg.input_size, prefer='onnxruntime',
+                                      threads=cfg.threads, precision=precision,
                                       mean=self._backbone.mean, std=self._backbone.std,
-                                      cache=False, input_shape=self._trained_input_shape)
+                                      cache=False, input_shape=self._trained_input_shape,
+                                      input_map=self._frozen_runtime)
+        if cfg.effective_slowed_lower_precision() == 'int8':
+            try:
+                return build('int8')
+            except Exception as exc:  # noqa: B902 - any failure means: float32
+                _LOG.warning('the trained lower part predicts in float32 this time: its int8 '
+                             'graph is unusable (%s)', str(exc)[:300])
+        try:
+            return build('float32')
         except ConfigError as exc:
             if strict and cfg.lower_runtime == 'onnxruntime':
                 raise
@@ -300,6 +315,14 @@ class ContinualLearner:
         """'onnxruntime' or 'torch': what runs the lower part for latents and predictions."""
         runtime = self._runtime if self._runtime is not None else self._lower_serving
         return runtime.backend if runtime is not None else 'torch'
+
+    @property
+    def slowed_lower_precision(self) -> str:
+        """'int8' or 'float32' for the graph a slowed lower part predicts with; '' if frozen."""
+        if self._runtime is not None:
+            return ''
+        runtime = self._lower_serving
+        return runtime.precision if runtime is not None else 'float32'
 
     @property
     def upper_backend(self) -> str:
@@ -911,6 +934,7 @@ class ContinualLearner:
             'learning': self._learn_lock.locked(), 'lower_backend': self.lower_backend,
             'upper_backend': self.upper_backend, 'upper_precision': self.upper_precision,
             'lower_precision': self.lower_precision,
+            'slowed_lower_precision': self.slowed_lower_precision,
             'last_learn_seconds': self._last_learn.get('seconds', 0.0),
             'backbone': self._backbone.name, 'latent_layer': self._backbone.cut,
             'strategy': self.config.strategy,

@@ -26,7 +26,7 @@ set; the int8 upper part for predictions (:mod:`.upper_runtime`) uses it on late
 import logging
 import os
 import tempfile
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -92,13 +92,19 @@ class _QuietQuantizer(logging.Filter):
 
 
 def quantize_lower(data: bytes, input_size: int, mean: Sequence[float],
-                   std: Sequence[float]) -> bytes:
+                   std: Sequence[float],
+                   input_map: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> bytes:
     """Return the int8 graph of the float32 lower-part graph ``data`` (serialised ONNX).
 
+    ``input_map`` turns the normalised calibration images into what the graph takes, for
+    a part that starts after the first layers (the trained layers of a slowed lower part
+    split by ``lower_frozen_until`` take the frozen layers' activations).
     Needs the ``onnx`` package and ONNX Runtime's quantization tools; raises their errors
     (ImportError included) when quantization is not possible.
     """
     images = calibration_images(CALIBRATION_IMAGES, input_size, CALIBRATION_SEED, mean, std)
+    if input_map is not None:
+        images = input_map(images)
     return quantize_graph(data, images, preprocess=True)
 
 
