@@ -498,16 +498,23 @@ FIGURE2_WHOLE = [
        f'coil100_clutter_slowed_after_{layer.replace(".", "_")}_run{k}',
        f'coil100_clutter_upper_int8_run{k}')
       for layer, k in (('blocks.3.2', 0), ('blocks.3.2', 1), ('blocks.4.2', 0))],
+    ('blocks.5.3, lower_mode slowed, predicting from an int8 graph (slowed_lower_precision)',
+     'coil100_clutter_slowed_int8_run0', 'coil100_clutter_upper_int8_run0'),
+    ('blocks.5.3, lower_mode slowed, lower_frozen_until blocks.3.2, predicting in int8',
+     'coil100_clutter_slowed_after_blocks_3_2_int8_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.3, lower_mode slowed (lr x 0.1, lower BRN statistics drift)',
      'coil100_clutter_slowed_0_1_b96_run0', 'coil100_clutter_upper_int8_run0'),
     ('blocks.5.3, lower_mode slowed (lr x 1.0, lower BRN statistics fixed)',
      'coil100_clutter_slowed_fixed_1_0_b96_run0', 'coil100_clutter_upper_int8_run0'),
 ]
 #: Rows of FIGURE2_WHOLE left out of its plot (short runs, runs 2-4 of the slowed lower
-#: part, which would add six curves, and the split after blocks.4.2; the table has them).
+#: part, which would add six curves, the split after blocks.4.2 and the int8 predictions,
+#: which follow their float32 twins within about a point; the table has them).
 FIGURE2_WHOLE_NOT_PLOTTED = {'coil100_clutter_slowed_0_1_b96_run0',
                              'coil100_clutter_slowed_fixed_1_0_b96_run0',
-                             'coil100_clutter_slowed_after_blocks_4_2_run0'} | {
+                             'coil100_clutter_slowed_after_blocks_4_2_run0',
+                             'coil100_clutter_slowed_int8_run0',
+                             'coil100_clutter_slowed_after_blocks_3_2_int8_run0'} | {
     f'coil100_clutter_slowed_fixed_0_1_run{k}' for k in (2, 3, 4)}
 
 

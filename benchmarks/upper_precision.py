@@ -13,6 +13,11 @@ in ``--train`` (under ``results/tmp``).
 
     $BENCH_PYTHON upper_precision.py --scenario clutter --run 1 --state a.pt --state b.pt
     $BENCH_PYTHON upper_precision.py --scenario clutter --run 0 --train 20,60
+
+``--part slowed_lower`` compares ``slowed_lower_precision`` instead, on state files of a
+learner with ``lower_mode: slowed`` (its trained lower layers predict from a float32 or an
+int8 graph; training and the state file are the same): each learner encodes the test
+frames with its own graph, so there the accuracy covers the whole prediction.
 """
 
 import argparse
@@ -25,12 +30,16 @@ from common import RESULTS, SCENARIOS, Recorder, parse_common, set_threads, tune
 from predict_latency import ms
 
 
-def load_learner(path, precision, threads):
-    """Return a learner loaded from ``path``, with ``upper_precision`` and ``threads`` set."""
+#: ``--part``: the learner setting compared.
+PARTS = {'upper': 'upper_precision', 'slowed_lower': 'slowed_lower_precision'}
+
+
+def load_learner(path, precision, threads, setting='upper_precision'):
+    """Return a learner loaded from ``path``, with ``setting`` = ``precision`` and ``threads``."""
     from ros2_latent_replay.core import ContinualLearner, LearnerConfig
     from ros2_latent_replay.core import checkpoint
     state = checkpoint.load_verified(path)
-    values = dict(state['config'], upper_precision=precision, threads=threads)
+    values = dict(state['config'], threads=threads, **{setting: precision})
     learner = ContinualLearner(LearnerConfig.from_dict(values))
     learner.load_state_dict(state, source=path)
     return learner
@@ -93,7 +102,13 @@ def main():
                         help='without --state: batch counts to train to and compare at '
                              '(default 40,120; --quick: 8)')
     parser.add_argument('--calls', type=int, default=None)
+    parser.add_argument('--part', choices=sorted(PARTS), default='upper',
+                        help='upper: upper_precision (default); slowed_lower: '
+                             'slowed_lower_precision (state files of a slowed learner)')
     args = parser.parse_args()
+    setting = PARTS[args.part]
+    if args.part != 'upper' and not args.state:
+        parser.error('--part slowed_lower needs --state files of a slowed learner')
     calls = args.calls or (200 if args.quick else 1000)
     tune_malloc_now()
     set_threads(args.threads)
@@ -105,15 +120,21 @@ def main():
         counts = {int(v) for v in (args.train or ('8' if args.quick else '40,120')).split(',')}
         states = train_states(scenario, counts, args.threads, f'{args.scenario}_run{args.run}')
     frames, truth = scenario.load_entries(scenario.test)
-    rec = Recorder('upper_precision', {'scenario': args.scenario, 'run': args.run,
-                                       'threads': args.threads, 'calls': calls,
-                                       'test_frames': len(truth), 'batch': 1})
+    name = 'upper_precision' if args.part == 'upper' else 'slowed_lower_precision'
+    rec = Recorder(name, {'scenario': args.scenario, 'run': args.run, 'setting': setting,
+                          'threads': args.threads, 'calls': calls,
+                          'test_frames': len(truth), 'batch': 1})
     results = []
     for path in states:
-        learners = {p: load_learner(path, p, args.threads) for p in ('float32', 'int8')}
+        learners = {p: load_learner(path, p, args.threads, setting)
+                    for p in ('float32', 'int8')}
         try:
-            latents = learners['float32'].encode(frames)
-            predicted = {p: classify(lrn, latents) for p, lrn in learners.items()}
+            if args.part == 'upper':     # same latents, two upper parts
+                latents = learners['float32'].encode(frames)
+                predicted = {p: classify(lrn, latents) for p, lrn in learners.items()}
+            else:                        # each learner's own latents
+                predicted = {p: classify(lrn, lrn.encode(frames))
+                             for p, lrn in learners.items()}
             accuracy = {p: 100.0 * float(np.mean([a == b for a, b in zip(labels, truth)]))
                         for p, labels in predicted.items()}
             pairs = zip(predicted['float32'], predicted['int8'])
@@ -122,8 +143,9 @@ def main():
             entry = {
                 'state': os.path.basename(path), 'steps': learners['float32'].steps,
                 'classes': len(learners['float32'].known_classes),
-                'precision_in_use': {p: lrn.upper_precision for p, lrn in learners.items()},
-                'int8_min_logit_cosine': learners['int8']._upper_runtime.min_cosine,
+                'precision_in_use': {p: getattr(lrn, setting) for p, lrn in learners.items()},
+                'int8_min_cosine': (learners['int8']._upper_runtime if args.part == 'upper'
+                                    else learners['int8']._lower_serving).min_cosine,
                 'accuracy': accuracy, 'agreement': agreement,
                 'predict_ms': {p: ms(v) for p, v in times.items()},
                 'float32_over_int8_p50': float(np.median(times['float32']))
@@ -134,8 +156,8 @@ def main():
                 lrn.close()
         print(entry, flush=True)
         results.append(entry)
-        rec.write(args.out or 'upper_precision.json', partial=True, results=results)
-    rec.write(args.out or 'upper_precision.json', partial=False, results=results)
+        rec.write(args.out or f'{name}.json', partial=True, results=results)
+    rec.write(args.out or f'{name}.json', partial=False, results=results)
 
 
 if __name__ == '__main__':

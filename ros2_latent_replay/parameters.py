@@ -93,10 +93,13 @@ _LEARNER_TABLE: Dict[str, Tuple[str, Optional[Tuple[int, int]], Optional[Tuple[f
                         None, core_config.LOWER_PRECISIONS),
     'slowed_lower_precision': ('slowed mode: number format of the graph the trained lower '
                                'layers predict with, rebuilt after every learn step: int8 = '
-                               'quantized like a frozen lower part (~1.5 s more per step; '
+                               'quantized like a frozen lower part (~2-3.5 s more per step; '
                                'checked against float32, float32 when the check fails); '
-                               'training and state files stay float32; auto = int8 when the '
-                               'lower part is slowed and runs in ONNX Runtime', None, None,
+                               'training and state files stay float32; auto = int8 when a '
+                               'slowed lower part split by lower_frozen_until runs in ONNX '
+                               'Runtime (-0.2 points on a clutter stream; the whole part lost '
+                               '1.2), else float32',
+                               None, None,
                                core_config.SLOWED_LOWER_PRECISIONS),
     'upper_runtime': ('engine for predictions with the trained upper part (auto = ONNX '
                       'Runtime, re-exported after every learn step, when available)',

@@ -326,7 +326,7 @@ def test_slowed_lower_part_serves_from_a_graph_of_its_current_weights(views):
     frames = views['coffee'][1]
     # a large learning rate for the lower part, so that its latents visibly move
     moving = dict(lower_mode='slowed', lower_lr_multiplier=1.0, lr_initial=1e-2,
-                  lr_incremental=1e-2)
+                  lr_incremental=1e-2, slowed_lower_precision='float32')
     with ContinualLearner(_config(lower_runtime='auto', **moving)) as fast, \
             ContinualLearner(_config(**moving)) as eager:
         assert (fast.lower_backend, eager.lower_backend) == ('onnxruntime', 'torch')
@@ -350,7 +350,8 @@ def test_split_slowed_lower_part_trains_only_the_layers_after_the_split(views):
     """``lower_frozen_until``: the layers up to it never change, the ones after it train."""
     frames = views['coffee'][1]
     moving = dict(lower_mode='slowed', lower_frozen_until='blocks.3.2', lower_lr_multiplier=1.0,
-                  lr_initial=1e-2, lr_incremental=1e-2, lower_precision='float32')
+                  lr_initial=1e-2, lr_incremental=1e-2, lower_precision='float32',
+                  slowed_lower_precision='float32')
     with ContinualLearner(_config()) as frozen, \
             ContinualLearner(_config(lower_runtime='auto', **moving)) as fast, \
             ContinualLearner(_config(**moving)) as eager:
@@ -386,6 +387,7 @@ def test_split_slowed_lower_part_runs_its_frozen_layers_in_int8_and_round_trips(
     probe = views['rocket'][1]
     with ContinualLearner(cfg) as lrn:
         assert lrn.lower_precision == 'int8' and lrn.lower_backend == 'onnxruntime'
+        assert lrn.slowed_lower_precision == 'int8'     # and the trained ones predict in int8
         stats = _teach(lrn, views)
         assert stats[-1]['replay_fill'] > 0
         assert _accuracy(lrn, views) >= 0.6
@@ -433,6 +435,10 @@ def test_slowed_lower_part_can_predict_in_int8_and_answers_the_same_after_a_rest
             assert checked.slowed_lower_precision == 'float32'
             assert checked.lower_backend == 'onnxruntime'
     assert 'predicts in float32 this time' in caplog.text
+    # auto: int8 for a split slowed part only (the whole part lost more accuracy in int8)
+    for split, expected in (('blocks.4.2', 'int8'), ('', 'float32')):
+        auto = dict(cfg.to_dict(), slowed_lower_precision='auto', lower_frozen_until=split)
+        assert LearnerConfig.from_dict(auto).effective_slowed_lower_precision() == expected
     for wrong in (dict(lower_mode='frozen'), dict(lower_runtime='torch')):
         with pytest.raises(ConfigError, match="slowed_lower_precision='int8' needs"):
             _config(**dict(cfg.to_dict(), lower_frozen_until='', lower_precision='auto',
