@@ -206,9 +206,9 @@ class FrozenLowerRuntime:
     backbone's input normalisation), cached as ``frozen_lower-int8-<key>.onnx``. Its
     latents differ from float32 ones, so it never falls back to another engine: without
     ONNX Runtime and its quantization tools it raises :class:`ConfigError`. With
-    ``cache=False`` it quantizes at every build (~1.5 s for the layers after ``blocks.3.2``
-    of EfficientNet-Lite0, several seconds for a whole lower part): the served graph of a
-    slowed lower part, whose weights change at every step.
+    ``cache=False`` it quantizes at every build (~2 s for the layers after ``blocks.3.2``
+    of EfficientNet-Lite0, ~3.5 s for its whole lower part, on one core): the served graph
+    of a slowed lower part, whose weights change at every step.
     """
 
     #: Max abs difference between this runtime's and eager PyTorch's latents, relative to
